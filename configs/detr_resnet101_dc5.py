@@ -1,0 +1,6 @@
+"""Released variant detr_resnet101_dc5 (official architecture; training settings come with the data configs)."""
+from detr_jax.config import variant_config
+
+
+def get_config():
+  return variant_config("detr_resnet101_dc5")

@@ -1,0 +1,123 @@
+"""torchvision-style ResNet (v1.5) with FrozenBatchNorm and optional DC5 dilation (NHWC).
+
+Parameter names mirror torchvision: `conv1`, `bn1`, `layer{1..4}_{block}` with `conv{k}`,
+`bn{k}` and `downsample_conv` / `downsample_bn`.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from detr_jax.ops.resize import resize_nearest
+
+# Blocks per stage and whether the stage uses bottleneck blocks.
+RESNET_SPECS = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+}
+
+
+def num_channels(name: str) -> tuple[int, ...]:
+  """Output channels of layer1..layer4."""
+  expansion = 4 if RESNET_SPECS[name][1] else 1
+  return tuple(w * expansion for w in (64, 128, 256, 512))
+
+
+class FrozenBatchNorm(nn.Module):
+  """BatchNorm with fixed statistics: y = x * scale + shift, eps 1e-5 inside the rsqrt.
+
+  All four tensors are parameters so that checkpoints hold them; the optimizer never updates
+  them.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    weight = self.param("scale", nn.initializers.ones, (self.features,))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    mean = self.param("mean", nn.initializers.zeros, (self.features,))
+    var = self.param("var", nn.initializers.ones, (self.features,))
+    scale = weight * jax.lax.rsqrt(var + 1e-5)
+    shift = bias - mean * scale
+    return x * scale + shift
+
+
+def _conv(features, kernel, stride=1, dilation=1, name=None):
+  """Bias-free conv with torch's explicit symmetric padding (never "SAME")."""
+  pad = dilation * (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
+                 kernel_dilation=(dilation, dilation), use_bias=False, name=name)
+
+
+class BasicBlock(nn.Module):
+  """ResNet-18/34 block: 3x3 (stride) -> 3x3, plus identity or 1x1 downsample."""
+  width: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.dilation > 1:
+      raise ValueError("BasicBlock (resnet18/34) does not support dilation (DC5), as in torchvision")
+    y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 3, self.stride, name="conv1")(x)))
+    y = FrozenBatchNorm(self.width, name="bn2")(_conv(self.width, 3, name="conv2")(y))
+    if self.downsample:
+      x = FrozenBatchNorm(self.width, name="downsample_bn")(
+          _conv(self.width, 1, self.stride, name="downsample_conv")(x))
+    return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), plus shortcut."""
+  width: int
+  stride: int = 1
+  dilation: int = 1
+  downsample: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    out = 4 * self.width
+    y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 1, name="conv1")(x)))
+    y = _conv(self.width, 3, self.stride, self.dilation, name="conv2")(y)
+    y = nn.relu(FrozenBatchNorm(self.width, name="bn2")(y))
+    y = FrozenBatchNorm(out, name="bn3")(_conv(out, 1, name="conv3")(y))
+    if self.downsample:
+      x = FrozenBatchNorm(out, name="downsample_bn")(_conv(out, 1, self.stride, name="downsample_conv")(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """Returns the outputs of layer1..layer4 (strides 4, 8, 16, 32; layer4 at 16 with DC5)."""
+  arch: str = "resnet50"
+  dilation: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    blocks, bottleneck = RESNET_SPECS[self.arch]
+    block_cls = Bottleneck if bottleneck else BasicBlock
+    expansion = 4 if bottleneck else 1
+    x = nn.relu(FrozenBatchNorm(64, name="bn1")(_conv(64, 7, 2, name="conv1")(x)))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    levels, in_channels, dilation = [], 64, 1
+    for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+      stride = 1 if stage == 1 else 2
+      previous_dilation = dilation
+      if stage == 4 and self.dilation:
+        dilation, stride = dilation * stride, 1
+      for i in range(n):
+        x = block_cls(width, stride=stride if i == 0 else 1,
+                      dilation=previous_dilation if i == 0 else dilation,
+                      downsample=i == 0 and (stride != 1 or in_channels != width * expansion),
+                      name=f"layer{stage}_{i}")(x)
+      in_channels = width * expansion
+      levels.append(x)
+    return levels
+
+
+def downsample_mask(mask: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
+  """Padding mask [B, H, W] (True = padding) to a feature size with torch's legacy nearest."""
+  return resize_nearest(mask, tuple(size))

@@ -1,0 +1,81 @@
+"""DETR: backbone -> input_proj -> transformer -> class and box heads (+ aux outputs).
+
+Inputs are NHWC images [B, H, W, 3] (normalised, zero-padded bottom/right) and a padding mask
+[B, H, W] (True = padding). Boxes come out as (cx, cy, w, h) in [0, 1] of the unpadded image.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from detr_jax.models.backbone import ResNet, downsample_mask
+from detr_jax.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from detr_jax.models.transformer import Transformer
+
+
+class MLP(nn.Module):
+  """Dense layers with ReLU between them (`layers_0` .. `layers_{n-1}`)."""
+  hidden_dim: int
+  output_dim: int
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      last = i == self.num_layers - 1
+      x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+      x = x if last else nn.relu(x)
+    return x
+
+
+class DETR(nn.Module):
+  """The detection model. Output dict (L decoder layers, C = num_classes + 1):
+
+  pred_logits [B, Q, C], pred_boxes [B, Q, 4], and with aux_loss aux_pred_logits
+  [L-1, B, Q, C], aux_pred_boxes [L-1, B, Q, 4] (decoder layers 0..L-2).
+  """
+  num_classes: int = 91
+  num_queries: int = 100
+  hidden_dim: int = 256
+  num_heads: int = 8
+  enc_layers: int = 6
+  dec_layers: int = 6
+  dim_feedforward: int = 2048
+  dropout: float = 0.1
+  pre_norm: bool = False
+  backbone: str = "resnet50"
+  dilation: bool = False
+  position_embedding: str = "sine"
+  aux_loss: bool = True
+
+  @nn.compact
+  def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
+    levels = ResNet(self.backbone, self.dilation, name="backbone")(images)
+    masks = [downsample_mask(mask, f.shape[1:3]) for f in levels]
+    for i, (feat, feat_mask) in enumerate(zip(levels, masks)):
+      self.sow("intermediates", f"backbone_feat{i}", feat)
+      self.sow("intermediates", f"backbone_mask{i}", feat_mask)
+    if self.position_embedding == "sine":
+      pos_embed = PositionEmbeddingSine(self.hidden_dim // 2, name="position_embedding")
+    else:
+      pos_embed = PositionEmbeddingLearned(self.hidden_dim // 2, name="position_embedding")
+    pos = pos_embed(masks[-1])
+    src_proj = nn.Conv(self.hidden_dim, (1, 1), name="input_proj")(levels[-1])
+    query_embed = nn.Embed(self.num_queries, self.hidden_dim, embedding_init=nn.initializers.normal(1.0),
+                           name="query_embed")(jnp.arange(self.num_queries))
+    hs, memory = Transformer(self.num_heads, self.enc_layers, self.dec_layers, self.dim_feedforward,
+                             self.dropout, self.pre_norm, name="transformer")(
+                                 src_proj, masks[-1], query_embed, pos, deterministic)
+    for key, value in (("pos", pos), ("src_proj", src_proj), ("memory", memory), ("hs", hs)):
+      self.sow("intermediates", key, value)
+
+    logits = nn.Dense(self.num_classes + 1, name="class_embed")(hs)
+    boxes = jax.nn.sigmoid(MLP(self.hidden_dim, 4, 3, name="bbox_embed")(hs))
+    outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    if self.aux_loss:
+      outputs.update(aux_pred_logits=logits[:-1], aux_pred_boxes=boxes[:-1])
+    if not return_internals:
+      return outputs
+    internals: dict[str, Any] = dict(levels=levels, mask=masks[-1], src_proj=src_proj, hs=hs, memory=memory)
+    return outputs, internals

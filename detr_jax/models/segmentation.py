@@ -1,0 +1,84 @@
+"""The panoptic head: MHAttentionMap and MaskHeadSmallConv on top of a DETR (NHWC)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from detr_jax.models.detr import DETR
+from detr_jax.ops.resize import resize_nearest
+
+
+class MHAttentionMap(nn.Module):
+  """Attention maps of each query over the encoder memory.
+
+  q [B, Q, d], memory [B, h, w, d], mask [B, h, w] (True = padding) -> [B, Q, heads, h, w].
+  The softmax runs jointly over (heads, h, w); padded cells are exactly 0.
+  """
+  hidden_dim: int
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, q, memory, mask):
+    head_dim = self.hidden_dim // self.num_heads
+    q = nn.Dense(self.hidden_dim, name="q_linear")(q)
+    k = nn.Dense(self.hidden_dim, name="k_linear")(memory)  # a 1x1 conv over the map
+    qh = q.reshape(*q.shape[:2], self.num_heads, head_dim) * head_dim ** -0.5
+    kh = k.reshape(*k.shape[:3], self.num_heads, head_dim)
+    weights = jnp.einsum("bqnc,bhwnc->bqnhw", qh, kh)
+    weights = jnp.where(mask[:, None, None], -jnp.inf, weights)
+    b, nq = weights.shape[:2]
+    return jax.nn.softmax(weights.reshape(b, nq, -1), axis=-1).reshape(weights.shape)
+
+
+def _group_norm(name):
+  """torch GroupNorm(8): eps 1e-5, two-pass variance."""
+  return nn.GroupNorm(num_groups=8, epsilon=1e-5, use_fast_variance=False, name=name)
+
+
+class MaskHeadSmallConv(nn.Module):
+  """FPN-style conv head producing one mask logit map per query at stride 4.
+
+  x [B, h, w, d] (input_proj of layer4), bbox_mask [B, Q, heads, h, w], fpns = [layer3, layer2,
+  layer1] features -> [B, Q, H4, W4].
+  """
+  hidden_dim: int
+
+  @nn.compact
+  def __call__(self, x, bbox_mask, fpns):
+    b, nq, heads, h, w = bbox_mask.shape
+    dims = (self.hidden_dim + heads, self.hidden_dim // 2, self.hidden_dim // 4,
+            self.hidden_dim // 8, self.hidden_dim // 16)
+    conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
+    x = jnp.broadcast_to(x[:, None], (b, nq, h, w, x.shape[-1])).reshape(b * nq, h, w, -1)
+    x = jnp.concatenate([x, bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads)], axis=-1)
+
+    def conv_gn_relu(x, k):
+      x = _group_norm(f"gn{k}")(conv(dims[k - 1], f"lay{k}")(x))
+      self.sow("intermediates", f"mask_head_gn{k}", x)
+      return nn.relu(x)
+
+    x = conv_gn_relu(conv_gn_relu(x, 1), 2)
+    for k, fpn in enumerate(fpns, start=1):
+      adapted = nn.Conv(dims[k], (1, 1), name=f"adapter{k}")(fpn)
+      self.sow("intermediates", f"mask_head_adapter{k}", adapted)
+      fh, fw = adapted.shape[1:3]
+      x = resize_nearest(x, (fh, fw)).reshape(b, nq, fh, fw, -1) + adapted[:, None]
+      x = conv_gn_relu(x.reshape(b * nq, fh, fw, -1), k + 2)
+    x = conv(1, "out_lay")(x)
+    return x.reshape(b, nq, *x.shape[1:3])
+
+
+class DETRsegm(nn.Module):
+  """DETR with the panoptic mask head; adds pred_masks [B, Q, H4, W4] (stride-4 logits)."""
+  detr: DETR
+
+  @nn.compact
+  def __call__(self, images, mask, deterministic: bool = True):
+    outputs, internals = self.detr(images, mask, deterministic, return_internals=True)
+    hidden_dim, num_heads = self.detr.hidden_dim, self.detr.num_heads
+    bbox_mask = MHAttentionMap(hidden_dim, num_heads, name="bbox_attention")(
+        internals["hs"][-1], internals["memory"], internals["mask"])
+    self.sow("intermediates", "bbox_mask", bbox_mask)
+    levels = internals["levels"]
+    masks = MaskHeadSmallConv(hidden_dim, name="mask_head")(
+        internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]])
+    return {**outputs, "pred_masks": masks}
