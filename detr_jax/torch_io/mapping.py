@@ -2,7 +2,7 @@
 
 Each entry is (torch key, torch shape, flax path, kind) in the official state_dict order, where
 kind says how the tensor's layout changes: "linear" ([out, in] <-> kernel [in, out]), "conv"
-(OIHW <-> HWIO) or "copy". numpy only.
+(OIHW <-> HWIO) or "copy".
 """
 from typing import Iterator, NamedTuple
 

@@ -1,0 +1,141 @@
+"""Compare our outputs with reference outputs of the official PyTorch code.
+
+  python -m detr_jax.compare model --checkpoint DIR --inputs INPUTS.npz --reference REF.npz \
+      [--atol 1e-4] [--rtol 1e-4] [--intermediates] [--save OUT.npz]
+
+INPUTS.npz: images_padded (float32 NCHW), mask (bool, True = padding), optionally
+orig_target_sizes (int, rows (h, w)). REF.npz: any of the arrays named in MODEL_KEYS, in the
+layout of the official reference data. An array passes when
+max|ours - ref| <= atol + rtol * max|ref| (integer and bool arrays: exactly equal).
+Exit code: 0 all pass, 1 some fail, 2 usage error.
+"""
+import argparse
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+MODEL_KEYS = ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes", "pred_masks",
+              "pp_scores", "pp_labels", "pp_boxes")
+REQUIRED_KEYS = ("pred_logits", "pred_boxes")
+
+
+class UsageError(Exception):
+  """Bad arguments or input files: exit code 2."""
+
+
+class Row(NamedTuple):
+  name: str
+  max_abs_err: float
+  tolerance: float
+  passed: bool
+  note: str = ""
+
+
+def compare_arrays(ours: dict, ref: dict, keys, atol: float, rtol: float) -> list[Row]:
+  rows = []
+  for key in keys:
+    a, b = np.asarray(ours[key]), np.asarray(ref[key])
+    if a.shape != b.shape:
+      rows.append(Row(key, float("nan"), float("nan"), False, f"shape {a.shape} vs reference {b.shape}"))
+      continue
+    exact = b.dtype.kind in "biu"
+    err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+    tol = 0.0 if exact else atol + rtol * (float(np.abs(b).max()) if b.size else 0.0)
+    rows.append(Row(key, err, tol, bool(err <= tol), "exact" if exact else ""))
+  return rows
+
+
+def print_table(rows: list[Row], out=sys.stdout) -> None:
+  width = max([len(r.name) for r in rows] + [5])
+  print(f"{'array':<{width}}  {'max abs err':>12}  {'tolerance':>10}  result", file=out)
+  for r in rows:
+    note = f"  ({r.note})" if r.note else ""
+    print(f"{r.name:<{width}}  {r.max_abs_err:>12.3e}  {r.tolerance:>10.3e}  {'pass' if r.passed else 'FAIL'}{note}",
+          file=out)
+  failed = sum(not r.passed for r in rows)
+  print(f"{len(rows) - failed} of {len(rows)} arrays within tolerance", file=out)
+
+
+def _load_npz(path: str, what: str) -> dict:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return dict(data)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"cannot read {what} {path}: {e}") from None
+
+
+def run_model(config, params, images_nchw, mask, intermediates: bool = False):
+  """Eval-mode forward in float32 at highest matmul precision; returns (outputs, intermediates)."""
+  import jax
+
+  from detr_jax.models import build_model
+  model = build_model(config.model)
+  images = np.asarray(images_nchw, np.float32).transpose(0, 2, 3, 1)
+  mutable = ["intermediates"] if intermediates else []
+  with jax.default_matmul_precision("highest"):
+    outputs, state = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m, mutable=mutable))(
+        params, images, np.asarray(mask, bool))
+  return jax.tree_util.tree_map(np.asarray, outputs), state.get("intermediates", {})
+
+
+def compare_model(args) -> int:
+  from detr_jax.checkpoints import load_model
+  from detr_jax.postprocess import postprocess_boxes
+  from detr_jax.reference_layout import reference_arrays
+
+  inputs = _load_npz(args.inputs, "inputs")
+  ref = _load_npz(args.reference, "reference")
+  for key in ("images_padded", "mask"):
+    if key not in inputs:
+      raise UsageError(f"{args.inputs}: missing array {key!r} (have {sorted(inputs)})")
+  for key in REQUIRED_KEYS:
+    if key not in ref:
+      raise UsageError(f"{args.reference}: missing array {key!r}; at least {', '.join(REQUIRED_KEYS)} are needed")
+  try:
+    config, params = load_model(args.checkpoint)
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
+  print(f"model {config.get('name', '?')}: {config.model.backbone}, {config.model.enc_layers}+"
+        f"{config.model.dec_layers} layers, d={config.model.hidden_dim}; inputs {inputs['images_padded'].shape}")
+  outputs, inter = run_model(config, params, inputs["images_padded"], inputs["mask"],
+                             intermediates=args.intermediates or bool(args.save))
+  ours = reference_arrays(outputs, inter, config.model.num_queries, config.model.masks) if inter else dict(outputs)
+  if "orig_target_sizes" in inputs:
+    scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"],
+                                              np.asarray(inputs["orig_target_sizes"]))
+    ours.update(pp_scores=np.asarray(scores), pp_labels=np.asarray(labels), pp_boxes=np.asarray(boxes))
+  if args.save:
+    np.savez(args.save, **ours)
+    print(f"saved our arrays to {args.save}")
+  keys = [k for k in ref if k in MODEL_KEYS or (args.intermediates and k in ours)]
+  missing = [k for k in keys if k not in ours]
+  if missing:
+    raise UsageError(f"{args.reference}: arrays {missing} cannot be computed for this model/inputs")
+  rows = compare_arrays(ours, ref, keys, args.atol, args.rtol)
+  print_table(rows)
+  return 0 if all(r.passed for r in rows) else 1
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m detr_jax.compare", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  model = sub.add_parser("model", help="run a checkpoint on stored inputs and compare with reference outputs")
+  model.add_argument("--checkpoint", required=True, help="model checkpoint directory (convert_torch_weights.py output)")
+  model.add_argument("--inputs", required=True, help="INPUTS.npz with images_padded (NCHW) and mask")
+  model.add_argument("--reference", required=True, help="REF.npz with the reference outputs")
+  model.add_argument("--atol", type=float, default=1e-4)
+  model.add_argument("--rtol", type=float, default=1e-4)
+  model.add_argument("--intermediates", action="store_true",
+                     help="also compare intermediate arrays present in REF (backbone levels, hs, ...)")
+  model.add_argument("--save", help="write our arrays (outputs and intermediates) to this .npz")
+  args = parser.parse_args(argv)
+  try:
+    return compare_model(args)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
