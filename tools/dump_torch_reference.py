@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import os
+import pickle
 import sys
 import warnings
 
@@ -128,9 +129,11 @@ def load_weights(torch, model, a):
       ckpt = torch.load(a.checkpoint, map_location="cpu", weights_only=not a.trust_checkpoint)
     except FileNotFoundError:
       fail(f"checkpoint {a.checkpoint!r} not found")
-    except Exception as e:  # noqa: BLE001 - report any unpickling problem on one line
-      fail(f"cannot load {a.checkpoint!r} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-           "if it holds trusted non-tensor objects, add --trust-checkpoint")
+    except pickle.UnpicklingError:
+      fail(f"torch.load(weights_only=True) cannot read {a.checkpoint!r}: not a checkpoint, or it "
+           "holds non-tensor objects (add --trust-checkpoint if you trust the file)")
+    except Exception as e:  # noqa: BLE001 - report any other load problem on one line
+      fail(f"cannot load {a.checkpoint!r}: {type(e).__name__}: {str(e).splitlines()[0]}")
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     if not isinstance(state, dict):
       fail(f"{a.checkpoint!r} is neither {{'model': state_dict}} nor a state dict")
@@ -243,6 +246,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
   warnings.filterwarnings("ignore", category=UserWarning)
   arch = architecture(a)
+  if arch["dilation"] and arch["backbone"] in ("resnet18", "resnet34"):
+    fail(f"{arch['backbone']} cannot be dilated (torchvision's BasicBlock supports no dilation)")
   model = build(m, arch)
   named_shapes = load_weights(torch, model, a)
 
@@ -261,8 +266,10 @@ def main(argv=None):
   np.savez(a.out_reference, **ref)
   describe(a.out_reference, ref)
   if a.out_params:
-    info = dict(seed=a.fill_seed, checkpoint=a.checkpoint, model=a.model, args=arch,
+    info = dict(seed=a.fill_seed, base_model=a.model, args=arch,
                 params=[dict(name=k, shape=list(s)) for k, s in named_shapes])
+    if a.checkpoint:
+      info["checkpoint"] = os.path.basename(a.checkpoint)
     with open(a.out_params, "w") as f:
       json.dump(info, f, indent=1)
     print(f"wrote {a.out_params} ({len(named_shapes)} state_dict entries)")

@@ -45,8 +45,24 @@ class FrozenBatchNorm(nn.Module):
     return x * scale + shift
 
 
+class Conv1x1(nn.Module):
+  """1x1 conv (optionally strided) computed as a matmul over channels: on CPU XLA runs this
+  several times faster than a 1x1 convolution. Parameters are those of nn.Conv."""
+  features: int
+  stride: int = 1
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
+    y = x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
+    return y + self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else y
+
+
 def _conv(features, kernel, stride=1, dilation=1, name=None):
   """Bias-free conv with torch's explicit symmetric padding (never "SAME")."""
+  if kernel == 1:
+    return Conv1x1(features, stride, use_bias=False, name=name)
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), use_bias=False, name=name)

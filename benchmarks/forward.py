@@ -1,0 +1,57 @@
+"""Time a jitted eval-mode forward of a released variant; the last line printed is JSON.
+
+  python benchmarks/forward.py --model detr_resnet50 --size 800 1066 --batch 1 --reps 5
+
+Weights come from fill procedure v1 (no download needed; speed does not depend on values).
+Compile time is reported separately; median_s / min_s are over --reps runs after it.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from detr_jax.config import VARIANTS, variant_config
+from detr_jax.fill import fill_v1
+from detr_jax.models import build_model
+from detr_jax.torch_io.convert import convert_official
+from detr_jax.torch_io.mapping import model_layout
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="detr_resnet50", choices=list(VARIANTS))
+  parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--reps", type=int, default=5)
+  args = parser.parse_args()
+
+  cfg = variant_config(args.model).model
+  params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)
+  params = jax.device_put(params)
+  model = build_model(cfg)
+  h, w = args.size
+  images = jax.device_put(np.random.default_rng(0).normal(size=(args.batch, h, w, 3)).astype(np.float32))
+  mask = jax.device_put(np.zeros((args.batch, h, w), bool))
+  forward = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m))
+
+  start = time.perf_counter()
+  compiled = forward.lower(params, images, mask).compile()
+  compile_s = time.perf_counter() - start
+  jax.block_until_ready(compiled(params, images, mask))  # warm-up
+  times = []
+  for i in range(args.reps):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, images, mask))
+    times.append(time.perf_counter() - start)
+    print(f"rep {i + 1}/{args.reps}: {times[-1]:.3f} s", flush=True)
+  print(json.dumps({"model": args.model, "size": [h, w], "batch": args.batch, "reps": args.reps,
+                    "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+                    "compile_s": round(compile_s, 2), "jax": jax.__version__,
+                    "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,254 @@
+"""detr_jax.torch_io.pth: reading real torch files, exact round trips, refusing hostile or broken files."""
+import argparse
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from detr_jax.torch_io import PthError, load_pth, save_pth
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pth"
+LEGACY_HEADER = b"".join(pickle.dumps(v, protocol=2) for v in (
+    0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                   "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+
+
+def expected_state():
+  """What tests/fixtures/pth/make_fixtures.py state_dict() holds, rebuilt with numpy."""
+  base = np.arange(24, dtype=np.float32).reshape(4, 6) / 4 - 2
+  return {
+      "f32": base,
+      "f32_t": base.T,
+      "f32_slice": base[1:3, 2:5],
+      "f32_expand": np.broadcast_to(np.arange(4, dtype=np.float32), (3, 4)),
+      "f32_special": np.array([np.nan, np.inf, -np.inf, -0.0], np.float32),
+      "f64": base.astype(np.float64) / 8,
+      "f16": base.astype(np.float16),
+      "bf16": base.astype(ml_dtypes.bfloat16),
+      "i64": np.arange(-3, 3, dtype=np.int64) * 10**12,
+      "i32": np.arange(-5, 5, dtype=np.int32) * 100000,
+      "i16": np.arange(-4, 4, dtype=np.int16) * 1000,
+      "i8": np.arange(-128, 128, 37).astype(np.int8),
+      "u8": np.arange(0, 256, 51).astype(np.uint8),
+      "bool": np.array([True, False, True]),
+      "scalar": np.array(7, np.int64),
+      "empty": np.zeros((0, 3), np.float32),
+      "param": np.arange(6, dtype=np.float32).reshape(2, 3),
+  }
+
+
+def assert_same(got, want):
+  """Same key order, and arrays of the same dtype, shape and bytes (NaN payloads and -0.0 included)."""
+  assert list(got) == list(want)
+  for key, value in want.items():
+    assert isinstance(got[key], np.ndarray), key
+    assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+    assert got[key].tobytes() == np.ascontiguousarray(value).tobytes(), key
+    assert got[key].flags.c_contiguous and got[key].flags.owndata and got[key].flags.writeable, key
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_reads_torch_state_dict(kind):
+  state = load_pth(FIXTURES / f"state_{kind}.pth")
+  assert type(state) is dict
+  assert_same(state, expected_state())
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_reads_torch_training_checkpoint(kind):
+  ckpt = load_pth(FIXTURES / f"checkpoint_{kind}.pth")
+  assert list(ckpt) == ["model", "args", "epoch", "shape", "where"]
+  shapes = {"0.weight": (2, 1, 1, 1), "0.bias": (2,), "1.weight": (2,), "1.bias": (2,),
+            "1.running_mean": (2,), "1.running_var": (2,), "1.num_batches_tracked": ()}
+  want = {name: (np.arange(int(np.prod(shape))).reshape(shape) + i).astype(np.float32)
+          for i, (name, shape) in enumerate(shapes.items())}
+  want["1.num_batches_tracked"] = np.array(6, np.int64)
+  assert type(ckpt["model"]) is dict  # the OrderedDict with torch's _metadata attribute became a plain dict
+  assert_same(ckpt["model"], want)
+  assert isinstance(ckpt["args"], argparse.Namespace)
+  assert vars(ckpt["args"]) == dict(lr=1e-4, backbone="resnet50", lr_drop=200, aux_loss=True,
+                                    frozen_weights=None, num_queries=100, device="cuda", output_dir="",
+                                    milestones=[3, 5])
+  assert ckpt["epoch"] == 3 and ckpt["shape"] == (2, 3) and ckpt["where"] == "cuda:1"
+
+
+def round_trip_object():
+  rng = np.random.default_rng(0)
+  model = {"z.weight": rng.normal(size=(3, 5)).astype(np.float32), "a.bias": rng.normal(size=5)}
+  model.update({
+      "i64": np.array([-2**40, 0, 5], np.int64),
+      "i32": np.arange(6, dtype=np.int32).reshape(2, 3),
+      "i16": np.arange(-3, 3, dtype=np.int16),
+      "i8": np.arange(-3, 3, dtype=np.int8),
+      "u8": np.arange(250, 256, dtype=np.uint8),
+      "bool": np.array([[True], [False]]),
+      "f16": rng.normal(size=4).astype(np.float16),
+      "bf16": rng.normal(size=4).astype(ml_dtypes.bfloat16),
+      "scalar": np.array(3.5, np.float32),
+      "empty": np.zeros((0, 4), np.float32),
+      "transposed": np.arange(12.0).reshape(3, 4).T,
+      "big_endian": np.arange(4, dtype=">f4"),
+      "special": np.array([np.nan, np.inf, -0.0, np.float32(1e-45)], np.float32),
+  })
+  return {"model": model, "epoch": 3, "lr": 1e-4, "name": "détr", "flags": [True, None, 2**70],
+          "pair": (1, "a")}
+
+
+def test_round_trip_is_exact(tmp_path):
+  obj = round_trip_object()
+  path = tmp_path / "ckpt.pth"
+  save_pth(obj, path)
+  got = load_pth(path)
+  assert list(got) == list(obj)
+  want = {k: v.astype(v.dtype.newbyteorder("=")) for k, v in obj["model"].items()}
+  assert_same(got["model"], want)
+  assert {k: got[k] for k in ("epoch", "lr", "name", "flags", "pair")} == {
+      "epoch": 3, "lr": 1e-4, "name": "détr", "flags": [True, None, 2**70], "pair": (1, "a")}
+  assert os.listdir(tmp_path) == ["ckpt.pth"]  # the temp file was renamed away
+
+
+def test_saved_zip_is_torch_layout(tmp_path):
+  path = tmp_path / "a.pth"
+  save_pth({"model": {"w": np.ones(3, np.float32)}, "epoch": 1}, path)
+  with zipfile.ZipFile(path) as archive:
+    assert archive.namelist() == ["archive/data.pkl", "archive/.format_version", "archive/.storage_alignment",
+                                  "archive/byteorder", "archive/data/0", "archive/version"]
+    assert archive.read("archive/byteorder") == b"little" and archive.read("archive/version") == b"3\n"
+    pkl = archive.read("archive/data.pkl")
+    info = archive.getinfo("archive/data/0")
+  assert b"ccollections\nOrderedDict\n" in pkl and b"ctorch\nFloatStorage\n" in pkl
+  raw = path.read_bytes()
+  name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+  assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0  # aligned for torch.load(mmap=True)
+
+
+def test_save_refuses_unsupported_values_and_keeps_old_file(tmp_path):
+  path = tmp_path / "a.pth"
+  save_pth({"w": np.ones(2, np.float32)}, path)
+  with pytest.raises(PthError, match="unsupported dtype complex64"):
+    save_pth({"w": np.ones(2, np.complex64)}, path)
+  with pytest.raises(PthError, match="cannot save a value of type object"):
+    save_pth({"w": object()}, path)
+  assert_same(load_pth(path), {"w": np.ones(2, np.float32)})
+  assert os.listdir(tmp_path) == ["a.pth"]
+
+
+def write_zip(path, records):
+  with zipfile.ZipFile(path, "w") as archive:
+    for name, data in records.items():
+      archive.writestr(f"archive/{name}", data)
+
+
+def hostile_pickle(module, name, argument):
+  arg = argument.encode()
+  return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + struct.pack("<I", len(arg)) + arg + b"\x85R."
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+@pytest.mark.parametrize("module,name,argument", [
+    ("os", "system", "touch {sentinel}"),
+    ("builtins", "eval", "open({sentinel!r}, 'w').close()"),
+])
+def test_refuses_forbidden_globals_before_running_them(tmp_path, kind, module, name, argument):
+  sentinel = tmp_path / "pwned"
+  payload = hostile_pickle(module, name, argument.format(sentinel=str(sentinel)))
+  path = tmp_path / "evil.pth"
+  if kind == "zip":
+    write_zip(path, {"data.pkl": payload, "version": b"3\n"})
+  else:
+    path.write_bytes(LEGACY_HEADER + payload)
+  with pytest.raises(PthError, match=f"forbidden global '{module}.{name}'") as info:
+    load_pth(path)
+  assert str(path) in str(info.value)
+  assert not sentinel.exists()
+
+
+def corrupt(tmp_path, what):
+  """Writes a broken file; returns its path and a fragment the error must contain."""
+  path = tmp_path / f"{what}.pth"
+  state_zip = (FIXTURES / "state_zip.pth").read_bytes()
+  legacy = (FIXTURES / "state_legacy.pth").read_bytes()
+  if what == "missing":
+    return path, "cannot read file (No such file or directory)"
+  if what == "empty":
+    path.write_bytes(b"")
+    return path, "empty file"
+  if what == "random":
+    path.write_bytes(np.random.default_rng(1).bytes(4096))
+    return path, "not a torch file"
+  if what == "truncated_zip":
+    path.write_bytes(state_zip[:len(state_zip) // 2])
+    return path, "truncated or corrupt zip archive"
+  if what == "not_torch_zip":
+    write_zip(path, {"notes.txt": b"hello"})
+    return path, "no '<archive>/data.pkl' record"
+  with zipfile.ZipFile(FIXTURES / "state_zip.pth") as archive:
+    records = {n.split("/", 1)[1]: archive.read(n) for n in archive.namelist()}
+  if what == "missing_storage":
+    del records["data/0"]
+    write_zip(path, records)
+    return path, "missing record 'archive/data/0'"
+  if what == "short_storage":
+    records["data/0"] = records["data/0"][:-4]
+    write_zip(path, records)
+    return path, "storage record 'archive/data/0' holds 92 bytes, expected 96"
+  if what == "unknown_persistent_id":
+    write_zip(path, {"data.pkl": b"\x80\x02(X\x06\x00\x00\x00moduletQ."})
+    return path, "unknown persistent id kind 'module'"
+  if what == "unsupported_dtype":
+    pkl = records["data.pkl"].replace(b"ctorch\nFloatStorage\n", b"ctorch\nComplexFloatStorage\n")
+    write_zip(path, {"data.pkl": pkl})
+    return path, "unsupported dtype: storage type 'torch.ComplexFloatStorage'"
+  if what == "truncated_legacy":
+    path.write_bytes(legacy[:-2])
+    return path, "truncated legacy stream: storage"
+  if what == "truncated_legacy_pickle":
+    path.write_bytes(legacy[:len(legacy) // 2])
+    return path, "truncated or corrupt legacy stream: main pickle"
+  raise AssertionError(what)
+
+
+@pytest.mark.parametrize("what", [
+    "missing", "empty", "random", "truncated_zip", "not_torch_zip", "missing_storage", "short_storage",
+    "unknown_persistent_id", "unsupported_dtype", "truncated_legacy", "truncated_legacy_pickle"])
+def test_broken_files_raise_one_line_pth_error(tmp_path, what):
+  path, fragment = corrupt(tmp_path, what)
+  with pytest.raises(PthError) as info:
+    load_pth(path)
+  message = str(info.value)
+  assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+
+
+def test_reads_big_endian_zip(tmp_path):
+  path = tmp_path / "big.pth"
+  save_pth({"f": np.array([1.5, -2.0], np.float32), "i": np.array([1, -300], np.int16)}, path)
+  with zipfile.ZipFile(path) as archive:
+    records = {n.split("/", 1)[1]: archive.read(n) for n in archive.namelist()}
+  records["byteorder"] = b"big"
+  records["data/0"] = np.frombuffer(records["data/0"], "<f4").astype(">f4").tobytes()
+  records["data/1"] = np.frombuffer(records["data/1"], "<i2").astype(">i2").tobytes()
+  write_zip(path, records)
+  assert_same(load_pth(path), {"f": np.array([1.5, -2.0], np.float32), "i": np.array([1, -300], np.int16)})
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_torch_load_reads_saved_files(tmp_path, mmap):
+  torch = pytest.importorskip("torch")
+  obj = round_trip_object()
+  path = tmp_path / "ckpt.pth"
+  save_pth(obj, path)
+  got = torch.load(path, weights_only=True, mmap=mmap)
+  assert list(got) == list(obj) and list(got["model"]) == list(obj["model"])
+  for key, value in obj["model"].items():
+    tensor = got["model"][key]
+    if value.dtype == ml_dtypes.bfloat16:  # torch.Tensor.numpy() has no bfloat16
+      tensor = tensor.view(torch.int16)
+    array = tensor.numpy().view(value.dtype.newbyteorder("="))
+    assert array.dtype == value.dtype.newbyteorder("=") and array.shape == value.shape, key
+    assert array.tobytes() == np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes(), key
+  assert got["epoch"] == 3 and got["name"] == "détr" and got["flags"] == [True, None, 2**70]
