@@ -46,7 +46,8 @@ def compare_arrays(ours: dict, ref: dict, keys, atol: float, rtol: float) -> lis
   return rows
 
 
-def print_table(rows: list[Row], out=sys.stdout) -> None:
+def print_table(rows: list[Row], out=None) -> None:
+  out = out or sys.stdout
   width = max([len(r.name) for r in rows] + [5])
   print(f"{'array':<{width}}  {'max abs err':>12}  {'tolerance':>10}  result", file=out)
   for r in rows:

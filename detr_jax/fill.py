@@ -26,7 +26,7 @@ def _gain(name: str) -> float:
 def fill_v1(named_shapes: Iterable[tuple[str, Sequence[int]]], seed: int) -> dict[str, np.ndarray]:
   """Returns {official key: float32 array} for keys given in official state_dict order."""
   named_shapes = [(name, tuple(shape)) for name, shape in named_shapes]
-  d_model = next(s[1] for n, s in named_shapes if n.endswith("query_embed.weight"))
+  d_model = next((s[1] for n, s in named_shapes if n.endswith("query_embed.weight")), None)
   rng = np.random.default_rng(seed)
   state = {}
   for name, shape in named_shapes:
