@@ -47,3 +47,34 @@ def variant_config(name: str) -> ml_collections.ConfigDict:
   if name not in VARIANTS:
     raise KeyError(f"unknown model {name!r}; expected one of {', '.join(VARIANTS)}")
   return ml_collections.ConfigDict({"name": name, "model": model_config(**VARIANTS[name])})
+
+
+def training_config(**overrides) -> ml_collections.ConfigDict:
+  """Training fields with the official recipe's values (SPEC section 6.1), `overrides` applied."""
+  cfg = ml_collections.ConfigDict(dict(
+      seed=42,
+      total_steps=1000,
+      global_batch_size=64,       # split over all devices of all hosts
+      eval_batch_size=0,          # 0: same as global_batch_size
+      lr=1e-4,
+      lr_backbone=1e-5,           # <= 0 freezes the whole backbone
+      weight_decay=1e-4,
+      clip_max_norm=0.1,
+      lr_drop_step=0,             # lr x0.1 from this step on (0: never)
+      warmup_steps=0,
+      freeze_detr=False,          # panoptic stage 2: train only bbox_attention + mask_head
+      init_from="",               # converted checkpoint (or backbone-only) to start from
+      max_objects=100,            # targets are padded to this many objects per image
+      log_every=50,               # 0 disables
+      eval_every=0,
+      checkpoint_every=1000,
+      num_pictures=8,
+      picture_threshold=0.5,
+      progress=True,
+      loss=ml_collections.ConfigDict(dict(
+          eos_coef=0.1, set_cost_class=1.0, set_cost_bbox=5.0, set_cost_giou=2.0,
+          bbox_loss_coef=5.0, giou_loss_coef=2.0, mask_loss_coef=1.0, dice_loss_coef=1.0,
+          matcher_backend="scipy")),
+  ))
+  cfg.update(overrides)
+  return cfg
