@@ -1,12 +1,37 @@
-"""Train or evaluate DETR: not implemented yet.
+"""Train or evaluate DETR.
 
-Training (matcher, set criterion, optimizer, pmap step, orbax checkpoints, synthetic default)
-is the next milestone. Today the library offers the model, weight conversion and parity tools:
-see README.md.
+  python train.py --config configs/synthetic.py --workdir /tmp/detr [--config.total_steps=100 ...]
+  python train.py --config configs/synthetic.py --workdir /tmp/detr --mode eval
+
+Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints.
 """
 import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and pictures.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate at the end) or only evaluate.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  from detr_jax.training import loop
+  try:
+    if FLAGS.mode == "eval":
+      stats = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    else:
+      stats = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+  return 0
+
+
 if __name__ == "__main__":
-  sys.exit("train.py: training is not implemented yet (matcher, criterion and train loop are the next "
-           "milestone); see README.md for what works today: convert_torch_weights.py, "
-           "python -m detr_jax.compare, benchmarks/forward.py")
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -7,6 +7,16 @@ INPUTS.npz: images_padded (float32 NCHW), mask (bool, True = padding), optionall
 orig_target_sizes (int, rows (h, w)). REF.npz: any of the arrays named in MODEL_KEYS, in the
 layout of the official reference data. An array passes when
 max|ours - ref| <= atol + rtol * max|ref| (integer and bool arrays: exactly equal).
+
+  python -m detr_jax.compare criterion --reference CRITERION.npz [--atol 1e-5] [--rtol 1e-4] \
+      [--backend scipy|optax]
+
+CRITERION.npz (layout of the official criterion reference data): predictions pred_logits,
+pred_boxes, aux_pred_logits, aux_pred_boxes, optional pred_masks; padded targets tgt_counts,
+tgt_labels, tgt_boxes, optional tgt_masks. Our matcher and SetCriterion run with the official
+defaults (mask losses iff pred_masks is present) and are compared with match_src/match_tgt,
+aux_match_src/aux_match_tgt, every lossdict_*, total_weighted_loss and every grad_* array.
+
 Exit code: 0 all pass, 1 some fail, 2 usage error.
 """
 import argparse
@@ -18,6 +28,8 @@ import numpy as np
 MODEL_KEYS = ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes", "pred_masks",
               "pp_scores", "pp_labels", "pp_boxes")
 REQUIRED_KEYS = ("pred_logits", "pred_boxes")
+CRITERION_REQUIRED = ("pred_logits", "pred_boxes", "tgt_counts", "tgt_labels", "tgt_boxes")
+CRITERION_PREDICTIONS = ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes", "pred_masks")
 
 
 class UsageError(Exception):
@@ -118,6 +130,66 @@ def compare_model(args) -> int:
   return 0 if all(r.passed for r in rows) else 1
 
 
+def official_matches(query_for_target) -> tuple[np.ndarray, np.ndarray]:
+  """query_for_target [..., M] (-1: no target) -> (src, tgt) [..., M]: pairs by increasing query, -1 padded."""
+  qft = np.asarray(query_for_target)
+  src, tgt = np.full(qft.shape, -1, np.int64), np.full(qft.shape, -1, np.int64)
+  for index in np.ndindex(qft.shape[:-1]):
+    targets = np.flatnonzero(qft[index] >= 0)
+    order = np.argsort(qft[index][targets], kind="stable")
+    src[index][:targets.size] = qft[index][targets][order]
+    tgt[index][:targets.size] = targets[order]
+  return src, tgt
+
+
+def run_criterion(ref: dict, backend: str = "scipy") -> dict:
+  """Our matcher indices, loss dict, total and gradients in the reference layout."""
+  import jax
+  import jax.numpy as jnp
+
+  from detr_jax.criterion import BASE_LOSSES, SetCriterion
+
+  counts = np.asarray(ref["tgt_counts"])
+  slots = ref["tgt_labels"].shape[1]
+  targets = {"labels": jnp.asarray(ref["tgt_labels"], jnp.int32), "boxes": jnp.asarray(ref["tgt_boxes"], jnp.float32),
+             "valid": jnp.asarray(np.arange(slots)[None] < counts[:, None])}
+  masks = "pred_masks" in ref
+  if masks:
+    targets["masks"] = jnp.asarray(ref["tgt_masks"])
+  predictions = {k: jnp.asarray(ref[k], jnp.float32) for k in CRITERION_PREDICTIONS if k in ref}
+  criterion = SetCriterion(num_classes=ref["pred_logits"].shape[-1] - 1,
+                           losses=BASE_LOSSES + (("masks",) if masks else ()), matcher_backend=backend)
+  with jax.default_matmul_precision("highest"):
+    (total, losses), grads = jax.jit(jax.value_and_grad(lambda p: criterion(p, targets), has_aux=True))(predictions)
+    query_for_target = jax.jit(criterion.match)(predictions, targets)
+  src, tgt = official_matches(query_for_target)
+  ours = {"match_src": src[-1], "match_tgt": tgt[-1], "aux_match_src": src[:-1], "aux_match_tgt": tgt[:-1],
+          "total_weighted_loss": np.asarray(total)}
+  ours.update({f"lossdict_{k}": np.asarray(v) for k, v in losses.items()})
+  ours.update({f"grad_{k}": np.asarray(v) for k, v in grads.items()})
+  return ours
+
+
+def compare_criterion(args) -> int:
+  ref = _load_npz(args.reference, "reference")
+  missing = [k for k in CRITERION_REQUIRED if k not in ref]
+  if "pred_masks" in ref and "tgt_masks" not in ref:
+    missing.append("tgt_masks")
+  if missing:
+    raise UsageError(f"{args.reference}: missing arrays {missing}")
+  ours = run_criterion(ref, args.backend)
+  keys = [k for k in ref if k.startswith(("match_", "aux_match_", "lossdict_", "grad_")) or k == "total_weighted_loss"]
+  absent = [k for k in keys if k not in ours]
+  if absent:
+    raise UsageError(f"{args.reference}: arrays {absent} have no counterpart in our criterion")
+  print(f"criterion: B={ref['pred_logits'].shape[0]}, Q={ref['pred_logits'].shape[1]}, "
+        f"{ref['pred_logits'].shape[-1]} logits, targets {np.asarray(ref['tgt_counts']).tolist()}, "
+        f"masks {'pred_masks' in ref}, matcher backend {args.backend}")
+  rows = compare_arrays(ours, ref, keys, args.atol, args.rtol)
+  print_table(rows)
+  return 0 if all(r.passed for r in rows) else 1
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m detr_jax.compare", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -130,9 +202,14 @@ def main(argv=None) -> int:
   model.add_argument("--intermediates", action="store_true",
                      help="also compare intermediate arrays present in REF (backbone levels, hs, ...)")
   model.add_argument("--save", help="write our arrays (outputs and intermediates) to this .npz")
+  criterion = sub.add_parser("criterion", help="run our matcher and criterion on stored predictions and targets")
+  criterion.add_argument("--reference", required=True, help="CRITERION.npz with inputs and reference results")
+  criterion.add_argument("--atol", type=float, default=1e-5)
+  criterion.add_argument("--rtol", type=float, default=1e-4)
+  criterion.add_argument("--backend", choices=("scipy", "optax"), default="scipy", help="matcher backend")
   args = parser.parse_args(argv)
   try:
-    return compare_model(args)
+    return compare_model(args) if args.command == "model" else compare_criterion(args)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

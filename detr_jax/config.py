@@ -63,6 +63,7 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       lr_drop_step=0,             # lr x0.1 from this step on (0: never)
       warmup_steps=0,
       freeze_detr=False,          # panoptic stage 2: train only bbox_attention + mask_head
+      freeze_stem=True,           # conv1 + layer1 frozen (official); False when training from scratch
       init_from="",               # converted checkpoint (or backbone-only) to start from
       max_objects=100,            # targets are padded to this many objects per image
       log_every=50,               # 0 disables

@@ -1,0 +1,21 @@
+"""The built-in default: a small DETR trained from scratch on synthetic coloured shapes.
+
+  python train.py --config configs/synthetic.py --workdir /tmp/detr_synthetic
+"""
+import ml_collections
+
+from detr_jax.config import model_config, training_config
+from detr_jax.data.synthetic import CLASS_NAMES
+
+
+def get_config():
+  config = training_config(
+      total_steps=1500, global_batch_size=16, lr=2e-4, lr_backbone=2e-4, lr_drop_step=1200,
+      max_objects=8, log_every=25, eval_every=500, checkpoint_every=250)
+  config.model = model_config(
+      backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=2, dec_layers=2, dim_feedforward=512,
+      num_queries=16, num_classes=len(CLASS_NAMES), dropout=0.0)
+  config.dataset = ml_collections.ConfigDict(dict(
+      name="synthetic", image_size=(128, 128), pad_to=(128, 128), num_train=100_000, num_val=200,
+      min_objects=1, max_objects=4, seed=0))
+  return config

@@ -1,0 +1,202 @@
+"""The training loop: data -> pmapped step -> metrics, checkpoints, evaluation and pictures."""
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from detr_jax import checkpoints
+from detr_jax.criterion import SetCriterion
+from detr_jax.data import build_dataset
+from detr_jax.data.loader import BatchLoader, eval_batches
+from detr_jax.evaluation.coco import coco_box_ap
+from detr_jax.models import build_model
+from detr_jax.training import step as steps
+from detr_jax.training.checkpoint import Checkpointer
+from detr_jax.training.metrics_log import MetricsLog
+from detr_jax.training.optimizer import make_optimizer
+from detr_jax.training.state import TrainState
+from detr_jax.visualize import draw_detections, save_grid
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def make_criterion(config) -> SetCriterion:
+  """The set criterion of `config.loss` (official defaults), with mask losses for panoptic models."""
+  loss = config.loss
+  return SetCriterion(
+      num_classes=config.model.num_classes, eos_coef=loss.eos_coef,
+      losses=("labels", "boxes", "cardinality") + (("masks",) if config.model.masks else ()),
+      bbox_loss_coef=loss.bbox_loss_coef, giou_loss_coef=loss.giou_loss_coef,
+      mask_loss_coef=loss.mask_loss_coef, dice_loss_coef=loss.dice_loss_coef,
+      cost_class=loss.set_cost_class, cost_bbox=loss.set_cost_bbox, cost_giou=loss.set_cost_giou,
+      matcher_backend=loss.matcher_backend)
+
+
+def init_params(config, model, key):
+  """Random initial parameters, optionally overwritten by `config.init_from`."""
+  h, w = config.dataset.pad_to
+  dummy = jnp.zeros((1, h, w, 3), jnp.float32), jnp.zeros((1, h, w), bool)
+  params = jax.jit(lambda k: model.init(k, *dummy)["params"])(key)
+  params = jax.device_get(params)
+  if config.get("init_from"):
+    params = load_initial_weights(config, params)
+  return params
+
+
+def load_initial_weights(config, params):
+  """Weights of a converted checkpoint (or a backbone-only one) replacing the random ones.
+
+  A converted DETR whose class count differs from config.model.num_classes keeps our fresh class
+  head; every other mismatch is an error.
+  """
+  src_cfg, src = checkpoints.load_model(config.init_from)
+  flat_src = _flatten(src)
+  flat = _flatten(params)
+  prefix = ()
+  if src_cfg.get("backbone_only", False):
+    prefix = ("detr", "backbone") if config.model.masks else ("backbone",)
+    flat_src = {prefix + k[1:]: v for k, v in flat_src.items()}
+  reinit = []
+  for path, value in flat_src.items():
+    if path not in flat:
+      raise ValueError(f"{config.init_from}: parameter {'/'.join(path)} does not exist in this model")
+    if value.shape != flat[path].shape:
+      if "class_embed" in path:
+        reinit.append("/".join(path))
+        continue
+      raise ValueError(f"{config.init_from}: {'/'.join(path)} has shape {value.shape}, "
+                       f"this model needs {flat[path].shape}")
+    flat[path] = value
+  if reinit:
+    print(f"init_from: class head re-initialised for {config.model.num_classes} classes", file=sys.stderr)
+  return _unflatten(flat)
+
+
+def _flatten(tree):
+  from flax import traverse_util
+  return traverse_util.flatten_dict(tree)
+
+
+def _unflatten(flat):
+  from flax import traverse_util
+  return traverse_util.unflatten_dict(flat)
+
+
+def evaluate(p_eval, params_repl, dataset, config, num_devices: int, max_pictures: int = 0):
+  """COCO box AP of the model on `dataset`, plus up to `max_pictures` (image, detections) pairs."""
+  results, pictures, gts = [], [], []
+  batch_size = config.eval_batch_size or config.global_batch_size
+  offset = 0
+  for batch in eval_batches(dataset, batch_size, config.dataset.pad_to, config.max_objects):
+    real = batch.pop("is_real")
+    out = jax.device_get(p_eval(params_repl, steps.shard(
+        {k: batch[k] for k in ("images", "mask", "orig_size")}, num_devices)))
+    out = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}
+    for i in np.flatnonzero(real):
+      results.append({"image_id": int(batch["image_id"][i]), "boxes": out["boxes"][i],
+                      "scores": out["scores"][i], "labels": out["labels"][i]})
+      if len(pictures) < max_pictures:
+        pictures.append((dataset[offset + i]["image"], results[-1]))
+    offset += int(real.sum())
+  stats = coco_box_ap([dataset[i] for i in range(len(dataset))], results)
+  return stats, pictures
+
+
+def write_pictures(pictures, class_names, path: str, threshold: float) -> None:
+  drawn = [draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names, threshold, scale=3)
+           for image, det in pictures]
+  save_grid(drawn, path, cols=4)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per `config` in `workdir`, resuming from its latest checkpoint; returns final eval."""
+  os.makedirs(workdir, exist_ok=True)
+  devices = jax.local_devices()
+  if config.global_batch_size % jax.device_count():
+    raise ValueError(f"global_batch_size {config.global_batch_size} must be divisible by the number of "
+                     f"devices ({jax.device_count()})")
+  train_ds, class_names = build_dataset(config, "train")
+  val_ds, _ = build_dataset(config, "val")
+  model = build_model(config.model)
+  criterion = make_criterion(config)
+  key = jax.random.PRNGKey(config.seed)
+  params = init_params(config, model, jax.random.fold_in(key, 0))
+  tx = make_optimizer(config, params)
+  state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
+  ckpt = Checkpointer(workdir)
+  log = MetricsLog(workdir)
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(state)
+    print(f"resumed from {workdir}/checkpoints/{int(state.step)}", flush=True)
+  start = int(state.step)
+  log.truncate_after(start)
+
+  p_train, p_eval = steps.pmapped_steps(model, criterion, tx)
+  loader = BatchLoader(train_ds, config.global_batch_size, config.dataset.pad_to, config.max_objects,
+                       seed=config.seed, with_masks=config.model.masks)
+  state_repl = steps.replicate(state, len(devices))
+  last_good = ckpt.latest_step()
+  bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
+             disable=not config.progress)
+  window_start, window_images = time.perf_counter(), 0
+  for step, batch in loader.iterate(start, config.total_steps):
+    state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
+    window_images += config.global_batch_size
+    bar.update(1)
+    done = step + 1
+    if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
+      metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(metrics["loss"]):
+        ckpt.wait()
+        raise NonFiniteLossError(f"non-finite loss ({metrics['loss']}) at step {done}; the last good "
+                                 f"checkpoint is {'step ' + str(last_good) if last_good else 'none'} in {workdir}/checkpoints")
+      images_per_s = window_images / (time.perf_counter() - window_start)
+      window_start, window_images = time.perf_counter(), 0
+      log.write({"step": done, **metrics, "images_per_s": images_per_s})
+      bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{images_per_s:.1f}")
+    if config.checkpoint_every and done % config.checkpoint_every == 0:
+      ckpt.save(steps.unreplicate(state_repl), config, {"next_step": done})
+      last_good = done
+    if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
+      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, len(devices))
+      log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
+  bar.close()
+  final_state = steps.unreplicate(state_repl)
+  if ckpt.latest_step() != int(final_state.step):
+    ckpt.save(final_state, config, {"next_step": int(final_state.step)})
+  ckpt.wait()
+  ckpt.close()
+  return _evaluate_and_draw(p_eval, state_repl.params, val_ds, class_names, config, workdir,
+                            int(final_state.step), log)
+
+
+def _evaluate_and_draw(p_eval, params_repl, val_ds, class_names, config, workdir, step, log):
+  """Final evaluation: metrics.jsonl eval row and WORKDIR/predictions.png."""
+  stats, pictures = evaluate(p_eval, params_repl, val_ds, config, jax.local_device_count(),
+                             max_pictures=config.num_pictures)
+  log.write({"step": step, **{f"eval/{k}": v for k, v in stats.items()}})
+  if pictures:
+    path = os.path.join(workdir, "predictions.png")
+    write_pictures(pictures, class_names, path, config.picture_threshold)
+    print(f"predictions on {len(pictures)} validation images: {path}", flush=True)
+  return stats
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoint in `workdir` on the validation split."""
+  step = Checkpointer(workdir).latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
+  _, params = checkpoints.load_model(os.path.join(workdir, "checkpoints", str(step)))
+  val_ds, class_names = build_dataset(config, "val")
+  model = build_model(config.model)
+  _, p_eval = steps.pmapped_steps(model, make_criterion(config), None)
+  params_repl = steps.replicate(params, jax.local_device_count())
+  return _evaluate_and_draw(p_eval, params_repl, val_ds, class_names, config, workdir, step, MetricsLog(workdir))

@@ -1,0 +1,72 @@
+"""Per-device train and eval steps with named-axis collectives, and their pmapped forms.
+
+A batch is a dict with `images` [B, H, W, 3], `mask` [B, H, W] (True = padding) and the padded
+targets (`labels`, `boxes`, `valid`, optional `masks`); under pmap every array gets a leading
+device axis.
+"""
+import functools
+
+import jax
+import numpy as np
+import optax
+
+from detr_jax.postprocess import postprocess_boxes
+from detr_jax.training.state import TrainState
+
+AXIS = "batch"
+TARGET_KEYS = ("labels", "boxes", "valid", "masks")
+
+
+def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS):
+  """One optimisation step on this device's share of the global batch.
+
+  Gradients are averaged over `axis_name`; the criterion normalises its losses by global counts,
+  so the result does not depend on how the global batch is split over devices.
+  """
+  key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), jax.lax.axis_index(axis_name))
+  targets = {k: batch[k] for k in TARGET_KEYS if k in batch}
+
+  def loss_fn(params):
+    outputs = model.apply({"params": params}, batch["images"], batch["mask"], deterministic=False,
+                          rngs={"dropout": key})
+    return criterion(outputs, targets, axis_name=axis_name)
+
+  (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  weights = criterion.weight_dict(sum(k.startswith("loss_ce_") for k in losses))
+  # Logged as the official code does: weighted terms by name, raw ones with "_unscaled".
+  metrics = {**{k: v * weights[k] if k in weights else v for k, v in losses.items()},
+             **{f"{k}_unscaled": v for k, v in losses.items() if k in weights}}
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = jax.lax.pmean(dict(metrics, loss=loss, grad_norm=optax.global_norm(grads)), axis_name)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, model):
+  """Detections of this device's images: scores, labels [B, Q] and xyxy boxes in original pixels."""
+  outputs = model.apply({"params": params}, batch["images"], batch["mask"])
+  scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], batch["orig_size"])
+  return {"scores": scores, "labels": labels, "boxes": boxes}
+
+
+def pmapped_steps(model, criterion, tx):
+  """(p_train_step, p_eval_step) over all local devices; the train state is donated."""
+  p_train = jax.pmap(functools.partial(train_step, model=model, criterion=criterion, tx=tx),
+                     axis_name=AXIS, donate_argnums=(0,))
+  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS)
+  return p_train, p_eval
+
+
+def shard(batch, num_devices: int):
+  """Splits every array's leading (global batch) axis into [num_devices, per_device, ...]."""
+  return jax.tree_util.tree_map(lambda x: x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:]), batch)
+
+
+def replicate(tree, num_devices: int):
+  """Host copies stacked on a new leading device axis (pmap places them on its devices)."""
+  return jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * num_devices), jax.device_get(tree))
+
+
+def unreplicate(tree):
+  return jax.tree_util.tree_map(lambda x: x[0], tree)

@@ -1,0 +1,61 @@
+"""Drawing detections (boxes, labels, optional masks) and grids of pictures with PIL."""
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+           (0, 0, 128), (128, 128, 128))
+
+
+def class_colour(label):
+  return PALETTE[int(label) % len(PALETTE)]
+
+
+def draw_detections(image, boxes, labels, scores=None, class_names=None, threshold=0.5, masks=None,
+                    scale=1, mask_alpha=0.45):
+  """Returns a PIL RGB image with the detections drawn.
+
+  image uint8 [H, W, 3]; boxes [K, 4] xyxy pixels; labels [K]; scores [K] or None (ground truth:
+  all drawn, no score in the text); masks bool [K, H, W] or None (alpha overlay); detections with
+  score < threshold are skipped. scale: integer upsampling (nearest) so text stays readable.
+  """
+  image = np.asarray(image, np.uint8)
+  boxes, labels = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels).reshape(-1)
+  keep = np.ones(len(labels), bool) if scores is None else np.asarray(scores) >= threshold
+  if masks is not None:
+    canvas = image.astype(np.float32)
+    for mask, label in zip(np.asarray(masks)[keep], labels[keep]):
+      canvas[mask] = (1 - mask_alpha) * canvas[mask] + mask_alpha * np.array(class_colour(label))
+    image = np.round(canvas).astype(np.uint8)
+  picture = Image.fromarray(image).convert("RGB")
+  if scale != 1:
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+  draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+  for k in np.nonzero(keep)[0]:
+    colour = class_colour(labels[k])
+    x0, y0, x1, y1 = (boxes[k] * scale).tolist()
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=max(1, scale))
+    name = class_names[labels[k]] if class_names is not None else str(labels[k])
+    text = name if scores is None else f"{name} {float(scores[k]):.2f}"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 4, bottom - top + 4
+    ty = y0 - th if y0 >= th else y0  # above the box, or inside it at the top edge
+    draw.rectangle((x0, ty, x0 + tw, ty + th), fill=colour)
+    ink = (0, 0, 0) if sum(c * w for c, w in zip(colour, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
+    draw.text((x0 + 2 - left, ty + 2 - top), text, fill=ink, font=font)
+  return picture
+
+
+def save_grid(images, path, cols=4, gap=4, background=(255, 255, 255)):
+  """Pastes PIL images or uint8 [H, W, 3] arrays row by row into one picture saved at `path`."""
+  pictures = [p if isinstance(p, Image.Image) else Image.fromarray(np.asarray(p, np.uint8)) for p in images]
+  cell_w, cell_h = max(p.width for p in pictures), max(p.height for p in pictures)
+  cols = min(cols, len(pictures))
+  rows = -(-len(pictures) // cols)
+  grid = Image.new("RGB", (cols * cell_w + (cols + 1) * gap, rows * cell_h + (rows + 1) * gap), background)
+  for i, p in enumerate(pictures):
+    r, c = divmod(i, cols)
+    grid.paste(p.convert("RGB"), (gap + c * (cell_w + gap), gap + r * (cell_h + gap)))
+  grid.save(path)
+  return grid
