@@ -17,5 +17,5 @@ def get_config():
       num_queries=16, num_classes=len(CLASS_NAMES), dropout=0.0)
   config.dataset = ml_collections.ConfigDict(dict(
       name="synthetic", image_size=(128, 128), pad_to=(128, 128), num_train=100_000, num_val=200,
-      min_objects=1, max_objects=4, seed=0))
+      min_objects=1, max_objects=4, object_size=(0.1, 0.5), seed=0))
   return config

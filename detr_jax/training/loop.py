@@ -146,17 +146,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
              disable=not config.progress)
   window_start, window_images = time.perf_counter(), 0
+  def stop(reason):
+    ckpt.wait()
+    kept = f"step {last_good} in {workdir}/checkpoints" if last_good else "none"
+    return NonFiniteLossError(f"{reason}; training stopped, the last good checkpoint is {kept}")
+
   for step, batch in loader.iterate(start, config.total_steps):
-    state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
+    done = step + 1
+    try:
+      state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
+      if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
+        metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    except jax.errors.JaxRuntimeError as e:  # the matcher refuses NaN/inf boxes
+      if "matcher:" not in str(e):
+        raise
+      raise stop(f"step {done}: " + str(e)[str(e).index("matcher:"):].splitlines()[0]) from None
     window_images += config.global_batch_size
     bar.update(1)
-    done = step + 1
     if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
-      metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(metrics["loss"]):
-        ckpt.wait()
-        raise NonFiniteLossError(f"non-finite loss ({metrics['loss']}) at step {done}; the last good "
-                                 f"checkpoint is {'step ' + str(last_good) if last_good else 'none'} in {workdir}/checkpoints")
+        raise stop(f"non-finite loss ({metrics['loss']}) at step {done}")
       images_per_s = window_images / (time.perf_counter() - window_start)
       window_start, window_images = time.perf_counter(), 0
       log.write({"step": done, **metrics, "images_per_s": images_per_s})
