@@ -71,3 +71,21 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path):
   straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "killed")
   assert sorted(resumed) == list(range(1, 9))
   np.testing.assert_array_equal([resumed[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)])
+
+
+def test_init_from_imagenet_backbone(tmp_path):
+  """A converted torchvision ResNet-18 initialises the backbone; its frozen stem stays as loaded."""
+  from detr_jax import checkpoints
+  from detr_jax.fill import fill_v1
+  from detr_jax.torch_io import save_pth
+  from detr_jax.torch_io.mapping import resnet_layout
+
+  import convert_torch_weights
+  state = fill_v1([(e.key, e.shape) for e in resnet_layout("resnet18")] + [("fc.weight", (1000, 512))], seed=5)
+  save_pth(state, str(tmp_path / "r18.pth"))
+  assert convert_torch_weights.main([str(tmp_path / "r18.pth"), str(tmp_path / "r18")]) == 0
+  _train(tmp_path / "run", 1, "--config.total_steps=1", "--config.checkpoint_every=0",
+         f"--config.init_from={tmp_path / 'r18'}")
+  _, params = checkpoints.load_model(str(tmp_path / "run" / "checkpoints" / "1"))
+  np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])

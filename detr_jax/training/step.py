@@ -39,7 +39,9 @@ def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS
   grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = jax.lax.pmean(dict(metrics, loss=loss, grad_norm=optax.global_norm(grads)), axis_name)
+  # (No gradient norm here: reading the frozen parameters' gradients would keep XLA from
+  # pruning their computation, e.g. the backward pass through the frozen stem.)
+  metrics = jax.lax.pmean(dict(metrics, loss=loss), axis_name)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
