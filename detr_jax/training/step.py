@@ -66,8 +66,10 @@ def shard(batch, num_devices: int):
 
 
 def replicate(tree, num_devices: int):
-  """Host copies stacked on a new leading device axis (pmap places them on its devices)."""
-  return jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * num_devices), jax.device_get(tree))
+  """Copies on a new leading device axis, placed as pmap's own outputs are (so that the first
+  and later steps share one compilation)."""
+  stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * num_devices), jax.device_get(tree))
+  return jax.pmap(lambda t: t, axis_name=AXIS)(stacked)
 
 
 def unreplicate(tree):
