@@ -68,12 +68,16 @@ def _conv(features, kernel, stride=1, dilation=1, name=None):
                  kernel_dilation=(dilation, dilation), use_bias=False, name=name)
 
 
-class BasicBlock(nn.Module):
-  """ResNet-18/34 block: 3x3 (stride) -> 3x3, plus identity or 1x1 downsample."""
+class _Block(nn.Module):
+  """Fields shared by the residual blocks."""
   width: int
   stride: int = 1
   dilation: int = 1
   downsample: bool = False
+
+
+class BasicBlock(_Block):
+  """ResNet-18/34 block: 3x3 (stride) -> 3x3, plus identity or 1x1 downsample."""
 
   @nn.compact
   def __call__(self, x):
@@ -87,12 +91,8 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), plus shortcut."""
-  width: int
-  stride: int = 1
-  dilation: int = 1
-  downsample: bool = False
 
   @nn.compact
   def __call__(self, x):

@@ -24,11 +24,15 @@ def feed_forward(x, dim_feedforward, dropout, deterministic):
   return nn.Dense(x.shape[-1], name="linear2")(y)
 
 
-class EncoderLayer(nn.Module):
+class _LayerSpec(nn.Module):
+  """Fields shared by the transformer layers and stacks."""
   num_heads: int
   dim_feedforward: int
   dropout: float
   pre_norm: bool
+
+
+class EncoderLayer(_LayerSpec):
 
   @nn.compact
   def __call__(self, src, pos, padding_mask, deterministic):
@@ -46,11 +50,7 @@ class EncoderLayer(nn.Module):
     return norm2(src + drop(ffn(src, deterministic)))
 
 
-class DecoderLayer(nn.Module):
-  num_heads: int
-  dim_feedforward: int
-  dropout: float
-  pre_norm: bool
+class DecoderLayer(_LayerSpec):
 
   @nn.compact
   def __call__(self, tgt, memory, pos, query_pos, padding_mask, deterministic):
@@ -72,28 +72,20 @@ class DecoderLayer(nn.Module):
     return norm3(tgt + drop(ffn(tgt, deterministic)))
 
 
-class Encoder(nn.Module):
-  num_layers: int
-  num_heads: int
-  dim_feedforward: int
-  dropout: float
-  pre_norm: bool
+class Encoder(_LayerSpec):
+  num_layers: int = 6
 
   @nn.compact
   def __call__(self, src, pos, padding_mask, deterministic):
     for i in range(self.num_layers):
-      src = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.pre_norm,
-                         name=f"layers_{i}")(src, pos, padding_mask, deterministic)
+      src = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.pre_norm, name=f"layers_{i}")(
+          src, pos, padding_mask, deterministic)
       self.sow("intermediates", "encoder_layer_out", src)
     return layer_norm("norm")(src) if self.pre_norm else src
 
 
-class Decoder(nn.Module):
-  num_layers: int
-  num_heads: int
-  dim_feedforward: int
-  dropout: float
-  pre_norm: bool
+class Decoder(_LayerSpec):
+  num_layers: int = 6
 
   @nn.compact
   def __call__(self, tgt, memory, pos, query_pos, padding_mask, deterministic):
@@ -124,10 +116,11 @@ class Transformer(nn.Module):
     b, h, w, d = src.shape
     src, pos = src.reshape(b, h * w, d), pos.reshape(b, h * w, d)
     padding_mask = padding_mask.reshape(b, h * w)
-    memory = Encoder(self.num_encoder_layers, self.num_heads, self.dim_feedforward, self.dropout,
-                     self.pre_norm, name="encoder")(src, pos, padding_mask, deterministic)
+    spec = dict(num_heads=self.num_heads, dim_feedforward=self.dim_feedforward, dropout=self.dropout,
+                pre_norm=self.pre_norm)
+    memory = Encoder(num_layers=self.num_encoder_layers, **spec, name="encoder")(
+        src, pos, padding_mask, deterministic)
     query_pos = jnp.broadcast_to(query_embed[None], (b, *query_embed.shape))
-    hs = Decoder(self.num_decoder_layers, self.num_heads, self.dim_feedforward, self.dropout,
-                 self.pre_norm, name="decoder")(jnp.zeros_like(query_pos), memory, pos, query_pos,
-                                                padding_mask, deterministic)
+    hs = Decoder(num_layers=self.num_decoder_layers, **spec, name="decoder")(
+        jnp.zeros_like(query_pos), memory, pos, query_pos, padding_mask, deterministic)
     return hs, memory.reshape(b, h, w, d)
