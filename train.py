@@ -5,6 +5,7 @@
 
 Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints.
 """
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -20,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  # A failing host callback (the matcher refusing NaN boxes) is reported once, by us, below.
+  std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
   from detr_jax.training import loop
   try:
     if FLAGS.mode == "eval":

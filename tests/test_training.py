@@ -89,3 +89,15 @@ def test_init_from_imagenet_backbone(tmp_path):
   _, params = checkpoints.load_model(str(tmp_path / "run" / "checkpoints" / "1"))
   np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])
+
+
+def test_divergence_stops_cleanly_and_names_the_last_good_checkpoint(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir",
+                           str(tmp_path), *TINY, "--config.total_steps=6", "--config.checkpoint_every=1",
+                           "--config.lr=1e30", "--config.lr_backbone=1e30"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "training stopped, the last good checkpoint is step" in last

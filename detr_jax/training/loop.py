@@ -157,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
       if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
         metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-    except jax.errors.JaxRuntimeError as e:  # the matcher refuses NaN/inf boxes
+    except (jax.errors.JaxRuntimeError, ValueError) as e:  # the matcher refuses NaN/inf boxes
       if "matcher:" not in str(e):
         raise
       raise stop(f"step {done}: " + str(e)[str(e).index("matcher:"):].splitlines()[0]) from None
