@@ -44,10 +44,12 @@ def main():
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--objects", type=int, default=7)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--dropout", type=float, default=0.1)
   args = parser.parse_args()
 
   config = training_config(global_batch_size=args.batch, max_objects=max(args.objects, 1))
   config.model = variant_config(args.model).model
+  config.model.dropout = args.dropout
   params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(config.model)], seed=0), config.model)
   model, tx = build_model(config.model), make_optimizer(config, params)
   p_train, _ = steps.pmapped_steps(model, make_criterion(config), tx)
@@ -68,7 +70,7 @@ def main():
     print(f"rep {i + 1}/{args.reps}: {times[-1]:.3f} s (loss {float(metrics['loss'][0]):.3f})", flush=True)
   print(json.dumps({"model": args.model, "size": list(args.size), "batch": args.batch, "reps": args.reps,
                     "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
-                    "first_step_s": round(first_s, 2), "devices": n, "jax": jax.__version__,
+                    "first_step_s": round(first_s, 2), "dropout": args.dropout, "devices": n, "jax": jax.__version__,
                     "backend": jax.default_backend()}))
 
 

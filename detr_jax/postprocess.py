@@ -1,8 +1,19 @@
-"""Post-processing of model outputs into detections in original image coordinates."""
+"""Post-processing of model outputs into detections in original image coordinates.
+
+`postprocess_boxes` runs on the device; `postprocess_segm` upsamples on the device and finishes on the host;
+`postprocess_panoptic` is host-side numpy/PIL, as in the official code.
+"""
+import io
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
 from detr_jax.ops.boxes import cxcywh_to_xyxy
+from detr_jax.ops.resize import resize_bilinear, torch_nearest_indices
+
+COCO_IS_THING_MAP = {i: i <= 90 for i in range(201)}
 
 
 def postprocess_boxes(pred_logits, pred_boxes, orig_target_sizes):
@@ -15,3 +26,121 @@ def postprocess_boxes(pred_logits, pred_boxes, orig_target_sizes):
   h, w = orig_target_sizes[:, 0], orig_target_sizes[:, 1]
   scale = jnp.stack([w, h, w, h], axis=-1).astype(pred_boxes.dtype)[:, None, :]
   return probs.max(-1), probs.argmax(-1), cxcywh_to_xyxy(pred_boxes) * scale
+
+
+def postprocess_segm(pred_masks, processed_sizes, orig_target_sizes, threshold=0.5):
+  """The official PostProcessSegm.
+
+  pred_masks [B, Q, h4, w4] logits, processed_sizes [B, 2] and orig_target_sizes [B, 2] (h, w) -> list of B
+  uint8 masks [Q, 1, H_i, W_i]: bilinear upsampling to the padded batch size, sigmoid > threshold, crop to the
+  processed size, torch nearest resize to the original size.
+  """
+  processed_sizes, orig_target_sizes = np.asarray(processed_sizes), np.asarray(orig_target_sizes)
+  max_h, max_w = processed_sizes.max(0).tolist()
+  masks = resize_bilinear(jnp.moveaxis(jnp.asarray(pred_masks), 1, -1), (max_h, max_w))
+  masks = np.asarray(jax.nn.sigmoid(masks) > threshold).transpose(0, 3, 1, 2)
+  results = []
+  for mask, (h, w), (out_h, out_w) in zip(masks, processed_sizes.tolist(), orig_target_sizes.tolist()):
+    rows, cols = torch_nearest_indices(h, out_h), torch_nearest_indices(w, out_w)
+    results.append(mask[:, :h, :w][:, rows][:, :, cols][:, None].astype(np.uint8))
+  return results
+
+
+def id2rgb(id_map):
+  """panopticapi id2rgb: int ids [...] -> uint8 [..., 3] with id = R + 256 G + 65536 B."""
+  id_map = np.asarray(id_map, np.int64)
+  return np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def rgb2id(rgb):
+  """panopticapi rgb2id: uint8 [..., 3] -> int32 ids [...]."""
+  rgb = np.asarray(rgb, np.int32)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def panoptic_png(png_ids):
+  """The COCO panoptic PNG (bytes) of an id map [H, W], as the official png_string."""
+  with io.BytesIO() as out:
+    Image.fromarray(id2rgb(png_ids)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _torch_bilinear(x, size):
+  """torch CPU `interpolate(mode="bilinear", align_corners=False)` of float32 x [N, h, w] -> [N, H, W].
+
+  Same float32 index, weight and accumulation order as torch: (a w0 + b w1) h0 + (c w0 + d w1) h1.
+  """
+  def weights(in_size, out_size):
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+                     np.float32(0))
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    lam1 = np.clip(src - lo.astype(np.float32), 0, 1).astype(np.float32)
+    return lo, np.where(lo < in_size - 1, lo + 1, lo), np.float32(1) - lam1, lam1
+
+  y0, y1, h0, h1 = weights(x.shape[1], size[0])
+  x0, x1, w0, w1 = weights(x.shape[2], size[1])
+  top = x[:, y0][:, :, x0] * w0 + x[:, y0][:, :, x1] * w1
+  bottom = x[:, y1][:, :, x0] * w0 + x[:, y1][:, :, x1] * w1
+  return top * h0[:, None] + bottom * h1[:, None]
+
+
+def _softmax(x, axis=-1):
+  """float32 softmax as torch CPU computes it: exp(x - max) * (1 / sum)."""
+  e = np.exp(x - x.max(axis, keepdims=True))
+  return e * (np.float32(1) / e.sum(axis, keepdims=True))
+
+
+def _ids_and_areas(masks, size, target_size, merge):
+  """Segment id map [H_t, W_t] (int32) and per-segment areas of the official get_ids_area.
+
+  masks [K, h, w] mask logits at the processed size; merge: lists of same-class stuff segments whose pixels go
+  to the first of each list.
+  """
+  if len(masks):
+    ids = _softmax(masks.reshape(len(masks), -1).T).argmax(-1).reshape(size)
+  else:
+    ids = np.zeros(size, np.int64)
+  for equiv in merge:
+    ids[np.isin(ids, equiv)] = equiv[0]
+  image = Image.fromarray(id2rgb(ids)).resize((target_size[1], target_size[0]), resample=Image.NEAREST)
+  ids = rgb2id(np.asarray(image))
+  return ids, [int((ids == k).sum()) for k in range(len(masks))]
+
+
+def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, target_sizes=None,
+                         is_thing_map=None, threshold=0.85):
+  """The official PostProcessPanoptic, on the host.
+
+  pred_logits [B, Q, C+1], pred_masks [B, Q, h4, w4] logits, pred_boxes [B, Q, 4] (unused by the result, as in the
+  official code), processed_sizes / target_sizes [B, 2] (h, w; targets default to the processed sizes),
+  is_thing_map {class: bool} (default: COCO, id <= 90) -> list of B dicts: "png_ids" int32 [H_t, W_t] (0-based
+  index into segments_info, id 0 is a real segment; all 0 when nothing is kept) and "segments_info"
+  [{"id", "isthing", "category_id", "area"}].
+  """
+  del pred_boxes
+  is_thing_map = COCO_IS_THING_MAP if is_thing_map is None else is_thing_map
+  target_sizes = processed_sizes if target_sizes is None else target_sizes
+  logits, all_masks = np.asarray(pred_logits, np.float32), np.asarray(pred_masks, np.float32)
+  results = []
+  for cur_logits, cur_masks, size, target_size in zip(logits, all_masks, np.asarray(processed_sizes).tolist(),
+                                                      np.asarray(target_sizes).tolist()):
+    probs = _softmax(cur_logits)
+    scores, labels = probs.max(-1), probs.argmax(-1)
+    keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
+    classes = labels[keep]
+    masks = _torch_bilinear(cur_masks[keep], size)
+    stuff = {}
+    for k, c in enumerate(classes.tolist()):
+      if not is_thing_map[c]:
+        stuff.setdefault(c, []).append(k)
+    ids, area = _ids_and_areas(masks, size, target_size, [e for e in stuff.values() if len(e) > 1])
+    small = np.asarray(area, np.int64) <= 4
+    while small.any():
+      masks, classes = masks[~small], classes[~small]
+      ids, area = _ids_and_areas(masks, size, target_size, [])
+      small = np.asarray(area, np.int64) <= 4
+    segments_info = [{"id": i, "isthing": bool(is_thing_map[c]), "category_id": c, "area": a}
+                     for i, (c, a) in enumerate(zip(classes.tolist(), area))]
+    results.append({"png_ids": ids.astype(np.int32), "segments_info": segments_info})
+  return results
