@@ -1,7 +1,8 @@
 """Post-processing of model outputs into detections in original image coordinates.
 
 `postprocess_boxes` runs on the device; `postprocess_segm` upsamples on the device and finishes on the host;
-`postprocess_panoptic` is host-side numpy/PIL, as in the official code.
+`postprocess_panoptic` resizes the kept masks on the device and is otherwise host-side numpy/PIL,
+as in the official code.
 """
 import io
 
@@ -65,26 +66,6 @@ def panoptic_png(png_ids):
     return out.getvalue()
 
 
-def _torch_bilinear(x, size):
-  """torch CPU `interpolate(mode="bilinear", align_corners=False)` of float32 x [N, h, w] -> [N, H, W].
-
-  Same float32 index, weight and accumulation order as torch: (a w0 + b w1) h0 + (c w0 + d w1) h1.
-  """
-  def weights(in_size, out_size):
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
-                     np.float32(0))
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam1 = np.clip(src - lo.astype(np.float32), 0, 1).astype(np.float32)
-    return lo, np.where(lo < in_size - 1, lo + 1, lo), np.float32(1) - lam1, lam1
-
-  y0, y1, h0, h1 = weights(x.shape[1], size[0])
-  x0, x1, w0, w1 = weights(x.shape[2], size[1])
-  top = x[:, y0][:, :, x0] * w0 + x[:, y0][:, :, x1] * w1
-  bottom = x[:, y1][:, :, x0] * w0 + x[:, y1][:, :, x1] * w1
-  return top * h0[:, None] + bottom * h1[:, None]
-
-
 def _softmax(x, axis=-1):
   """float32 softmax as torch CPU computes it: exp(x - max) * (1 / sum)."""
   e = np.exp(x - x.max(axis, keepdims=True))
@@ -129,7 +110,7 @@ def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, t
     scores, labels = probs.max(-1), probs.argmax(-1)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
     classes = labels[keep]
-    masks = _torch_bilinear(cur_masks[keep], size)
+    masks = np.asarray(resize_bilinear(cur_masks[keep], size))
     stuff = {}
     for k, c in enumerate(classes.tolist()):
       if not is_thing_map[c]:
