@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 from tqdm import tqdm
 
 from detr_jax import checkpoints
@@ -57,9 +58,8 @@ def load_initial_weights(config, params):
   head; every other mismatch is an error.
   """
   src_cfg, src = checkpoints.load_model(config.init_from)
-  flat_src = _flatten(src)
-  flat = _flatten(params)
-  prefix = ()
+  flat_src = traverse_util.flatten_dict(src)
+  flat = traverse_util.flatten_dict(params)
   if src_cfg.get("backbone_only", False):
     prefix = ("detr", "backbone") if config.model.masks else ("backbone",)
     flat_src = {prefix + k[1:]: v for k, v in flat_src.items()}
@@ -76,16 +76,6 @@ def load_initial_weights(config, params):
     flat[path] = value
   if reinit:
     print(f"init_from: class head re-initialised for {config.model.num_classes} classes", file=sys.stderr)
-  return _unflatten(flat)
-
-
-def _flatten(tree):
-  from flax import traverse_util
-  return traverse_util.flatten_dict(tree)
-
-
-def _unflatten(flat):
-  from flax import traverse_util
   return traverse_util.unflatten_dict(flat)
 
 
