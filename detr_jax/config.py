@@ -79,3 +79,43 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
   ))
   cfg.update(overrides)
   return cfg
+
+
+def dataset_config(**overrides) -> ml_collections.ConfigDict:
+  """Data settings: which source, the official transforms, padding buckets and loader workers.
+
+  name: coco (`coco_path` in the official layout), coco_panoptic (+ `coco_panoptic_path`),
+  coco_custom (`train_images`/`train_json`/`val_images`/`val_json`), tfds (`tfds_name`,
+  `tfds_data_dir`), synthetic.
+  """
+  cfg = ml_collections.ConfigDict(dict(
+      name="coco",
+      coco_path="",
+      coco_panoptic_path="",
+      masks=False,                  # load instance masks (needed by models with masks=True)
+      train_images="", train_json="", val_images="", val_json="",
+      tfds_name="coco/2017", tfds_data_dir="",
+      augment=True,                 # official train augmentation; False: none (and no val resize)
+      scales=tuple(range(480, 801, 32)),
+      max_size=1333,
+      crop_resize=(400, 500, 600),
+      crop_size=(384, 600),
+      val_size=800,
+      bucket_sides=(640, 800, 1088, 1344),  # each padded side is one of these
+      workers=-1,                   # grain worker processes; -1: min(8, CPUs); 0: threads only
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def coco_training_config(variant: str, epochs: int = 500, lr_drop_epoch: int = 400, **overrides):
+  """The official recipe (SPEC 6.1) for `variant` on COCO, in steps of the global batch 64."""
+  steps_per_epoch = 118_287 // 64  # train2017 images, drop_last
+  cfg = training_config(total_steps=epochs * steps_per_epoch, lr_drop_step=lr_drop_epoch * steps_per_epoch,
+                        checkpoint_every=steps_per_epoch, eval_every=10 * steps_per_epoch, log_every=100)
+  cfg.name = variant
+  cfg.model = model_config(**VARIANTS[variant])
+  cfg.dataset = dataset_config(name="coco_panoptic" if cfg.model.num_classes == 250 else "coco",
+                               masks=cfg.model.masks)
+  cfg.update(overrides)
+  return cfg

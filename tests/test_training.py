@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_dim=32", "--config.model.dim_feedforward=64", "--config.model.enc_layers=1",
         "--config.model.dec_layers=2", "--config.model.num_queries=6", "--config.dataset.image_size=(64, 64)",
-        "--config.dataset.pad_to=(64, 64)", "--config.dataset.num_val=8", "--config.global_batch_size=8",
+        "--config.dataset.bucket_sides=(64,)", "--config.dataset.num_val=8", "--config.global_batch_size=8",
         "--config.log_every=1", "--config.eval_every=0", "--config.num_pictures=0", "--config.progress=False"]
 
 
@@ -51,7 +51,7 @@ def test_batch_must_divide_over_devices(tmp_path):
                            str(tmp_path), *TINY, "--config.total_steps=1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 1
-  assert "global_batch_size 8 must be divisible by the number of devices (3)" in result.stderr
+  assert "global batch size 8 must be divisible by the number of devices (3)" in result.stderr
 
 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path):

@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 
+from detr_jax.evaluation.coco import coco_from_examples
+
 CLASS_NAMES = ("red circle", "green square", "blue triangle", "yellow square", "magenta triangle",
                "cyan circle")
 _SHAPES = ("circle", "square", "triangle", "square", "triangle", "circle")
@@ -57,6 +59,9 @@ class SyntheticShapes:
     self.seed, self.split, self.object_size = seed, split, object_size
     self.min_visible, self.noise = min_visible, noise
 
+  class_names = CLASS_NAMES
+  num_classes = len(CLASS_NAMES)
+
   def __len__(self):
     return self.num_images
 
@@ -76,10 +81,20 @@ class SyntheticShapes:
         return label, mask
     raise RuntimeError(f"could not place an object in a {h}x{w} image; lower max_objects")
 
-  def __getitem__(self, i):
+  def _rng(self, i):
     if not 0 <= i < self.num_images:
       raise IndexError(i)
-    rng = np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), i])
+    return np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), i])
+
+  def image_hw(self, i) -> tuple[int, int]:
+    rng = self._rng(i)
+    return self._side(rng, self.image_size[0]), self._side(rng, self.image_size[1])
+
+  def coco_gt(self):
+    return coco_from_examples([self[i] for i in range(len(self))], CLASS_NAMES)
+
+  def __getitem__(self, i):
+    rng = self._rng(i)
     h, w = self._side(rng, self.image_size[0]), self._side(rng, self.image_size[1])
     image = _background(rng, h, w)
     labels, visible, full = [], [], []
@@ -94,6 +109,7 @@ class SyntheticShapes:
     boxes = np.array([_tight_box(m) for m in masks], np.float32).reshape(-1, 4)
     return {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "boxes": boxes,
             "labels": np.array(labels, np.int32), "masks": masks, "image_id": i,
+            "area": masks.sum(axis=(1, 2)).astype(np.float32), "iscrowd": np.zeros(len(labels), np.int32),
             "orig_size": np.array([h, w], np.int32)}
 
 

@@ -5,6 +5,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -12,9 +13,10 @@ from tqdm import tqdm
 
 from detr_jax import checkpoints
 from detr_jax.criterion import SetCriterion
-from detr_jax.data import build_dataset
-from detr_jax.data.loader import BatchLoader, eval_batches
-from detr_jax.evaluation.coco import coco_box_ap
+from detr_jax.data import build_dataset, resolve_num_classes
+from detr_jax.data.pipeline import Batches, StreamPlan
+from detr_jax.data.transforms import Augment
+from detr_jax.evaluation.coco import CocoEvaluator
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
 from detr_jax.training.checkpoint import Checkpointer
@@ -42,7 +44,7 @@ def make_criterion(config) -> SetCriterion:
 
 def init_params(config, model, key):
   """Random initial parameters, optionally overwritten by `config.init_from`."""
-  h, w = config.dataset.pad_to
+  h = w = min(config.dataset.bucket_sides)
   dummy = jnp.zeros((1, h, w, 3), jnp.float32), jnp.zeros((1, h, w), bool)
   params = jax.jit(lambda k: model.init(k, *dummy)["params"])(key)
   params = jax.device_get(params)
@@ -79,24 +81,46 @@ def load_initial_weights(config, params):
   return traverse_util.unflatten_dict(flat)
 
 
-def evaluate(p_eval, params_repl, dataset, config, num_devices: int, max_pictures: int = 0):
-  """COCO box AP of the model on `dataset`, plus up to `max_pictures` (image, detections) pairs."""
-  results, pictures, gts = [], [], []
-  batch_size = config.eval_batch_size or config.global_batch_size
-  offset = 0
-  for batch in eval_batches(dataset, batch_size, config.dataset.pad_to, config.max_objects):
-    real = batch.pop("is_real")
-    out = jax.device_get(p_eval(params_repl, steps.shard(
-        {k: batch[k] for k in ("images", "mask", "orig_size")}, num_devices)))
-    out = {k: v.reshape(-1, *v.shape[2:]) for k, v in out.items()}
-    for i in np.flatnonzero(real):
-      results.append({"image_id": int(batch["image_id"][i]), "boxes": out["boxes"][i],
-                      "scores": out["scores"][i], "labels": out["labels"][i]})
-      if len(pictures) < max_pictures:
-        pictures.append((dataset[offset + i]["image"], results[-1]))
-    offset += int(real.sum())
-  stats = coco_box_ap([dataset[i] for i in range(len(dataset))], results)
-  return stats, pictures
+def stream_plan(config, dataset, train: bool) -> StreamPlan:
+  """The train or eval stream of `dataset` with the transforms and buckets of `config.dataset`."""
+  ds = config.dataset
+  augment = Augment(tuple(ds.scales), ds.max_size, tuple(ds.crop_resize), tuple(ds.crop_size)) if ds.augment else None
+  batch = config.global_batch_size if train else (config.eval_batch_size or config.global_batch_size)
+  if batch % jax.device_count():
+    raise ValueError(f"{'global' if train else 'eval'} batch size {batch} must be divisible by the number "
+                     f"of devices ({jax.device_count()})")
+  return StreamPlan(dataset, batch, ds.bucket_sides, seed=config.seed, train=train, augment=augment,
+                    val_size=ds.val_size, max_size=ds.max_size)
+
+
+def batches(config, plan: StreamPlan) -> Batches:
+  return Batches(plan, config.max_objects, with_masks=config.model.masks, process_index=jax.process_index(),
+                 process_count=jax.process_count(), workers=config.dataset.workers)
+
+
+def evaluate(p_eval, params_repl, dataset, config, max_pictures: int = 0):
+  """COCO box AP of the model on `dataset` (every process evaluates its share of each batch; the
+  detections are gathered), plus up to `max_pictures` (image, detections) pairs."""
+  plan = stream_plan(config, dataset, train=False)
+  outputs, slots = [], []
+  for batch in batches(config, plan):
+    out = p_eval(params_repl, steps.shard({k: batch[k] for k in ("images", "mask", "orig_size")},
+                                          jax.local_device_count()))
+    out = {k: v.reshape(-1, *v.shape[2:]) for k, v in jax.device_get(out).items()}
+    outputs.append({**out, "image_id": batch["image_id"], "is_real": batch["is_real"]})
+  local = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  if jax.process_count() > 1:  # [P, n, ...] -> batch-major order of the global stream
+    gathered = multihost_utils.process_allgather(local)
+    b = plan.global_batch // jax.process_count()
+    local = {k: v.reshape(v.shape[0], -1, b, *v.shape[2:]).swapaxes(0, 1).reshape(-1, *v.shape[2:])
+             for k, v in gathered.items()}
+  evaluator, pictures = CocoEvaluator(dataset.coco_gt()), []
+  for i in np.flatnonzero(local["is_real"]):
+    det = {k: local[k][i] for k in ("boxes", "scores", "labels")}
+    evaluator.add(local["image_id"][i], **det)
+    if len(pictures) < max_pictures:
+      pictures.append((dataset[int(i)]["image"], det))
+  return evaluator.summarize(), pictures
 
 
 def write_pictures(pictures, class_names, path: str, threshold: float) -> None:
@@ -109,11 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per `config` in `workdir`, resuming from its latest checkpoint; returns final eval."""
   os.makedirs(workdir, exist_ok=True)
   devices = jax.local_devices()
-  if config.global_batch_size % jax.device_count():
-    raise ValueError(f"global_batch_size {config.global_batch_size} must be divisible by the number of "
-                     f"devices ({jax.device_count()})")
-  train_ds, class_names = build_dataset(config, "train")
-  val_ds, _ = build_dataset(config, "val")
+  main = jax.process_index() == 0
+  resolve_num_classes(config)
+  train_ds, val_ds = build_dataset(config, "train"), build_dataset(config, "val")
+  train_plan = stream_plan(config, train_ds, train=True)
   model = build_model(config.model)
   criterion = make_criterion(config)
   key = jax.random.PRNGKey(config.seed)
@@ -121,27 +144,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = make_optimizer(config, params)
   state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
   ckpt = Checkpointer(workdir)
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, enabled=main)
+  loader = batches(config, train_plan)
   if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(state)
-    print(f"resumed from {workdir}/checkpoints/{int(state.step)}", flush=True)
+    state, data_state = ckpt.restore(state)
+    loader.restore(data_state["grain"])
+    if main:
+      print(f"resumed from {workdir}/checkpoints/{int(state.step)}", flush=True)
   start = int(state.step)
   log.truncate_after(start)
 
   p_train, p_eval = steps.pmapped_steps(model, criterion, tx)
-  loader = BatchLoader(train_ds, config.global_batch_size, config.dataset.pad_to, config.max_objects,
-                       seed=config.seed, with_masks=config.model.masks)
   state_repl = steps.replicate(state, len(devices))
   last_good = ckpt.latest_step()
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
-             disable=not config.progress)
+             disable=not (config.progress and main))
   window_start, window_images = time.perf_counter(), 0
   def stop(reason):
     ckpt.wait()
     kept = f"step {last_good} in {workdir}/checkpoints" if last_good else "none"
     return NonFiniteLossError(f"{reason}; training stopped, the last good checkpoint is {kept}")
 
-  for step, batch in loader.iterate(start, config.total_steps):
+  for step, batch in zip(range(start, config.total_steps), loader):
+    if int(batch.pop("step")) != step:
+      raise ValueError(f"the input pipeline is at step {batch['step']}, the train state at {step}")
+    del batch["is_real"]
     done = step + 1
     try:
       state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
@@ -161,29 +188,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log.write({"step": done, **metrics, "images_per_s": images_per_s})
       bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{images_per_s:.1f}")
     if config.checkpoint_every and done % config.checkpoint_every == 0:
-      ckpt.save(steps.unreplicate(state_repl), config, {"next_step": done})
+      ckpt.save(steps.unreplicate(state_repl), config, {"next_step": done, "grain": loader.state()})
       last_good = done
     if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, len(devices))
+      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config)
       log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
   bar.close()
   final_state = steps.unreplicate(state_repl)
   if ckpt.latest_step() != int(final_state.step):
-    ckpt.save(final_state, config, {"next_step": int(final_state.step)})
+    ckpt.save(final_state, config, {"next_step": int(final_state.step), "grain": loader.state()})
   ckpt.wait()
   ckpt.close()
-  return _evaluate_and_draw(p_eval, state_repl.params, val_ds, class_names, config, workdir,
-                            int(final_state.step), log)
+  return _evaluate_and_draw(p_eval, state_repl.params, val_ds, config, workdir, int(final_state.step), log)
 
 
-def _evaluate_and_draw(p_eval, params_repl, val_ds, class_names, config, workdir, step, log):
+def _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log):
   """Final evaluation: metrics.jsonl eval row and WORKDIR/predictions.png."""
-  stats, pictures = evaluate(p_eval, params_repl, val_ds, config, jax.local_device_count(),
-                             max_pictures=config.num_pictures)
+  stats, pictures = evaluate(p_eval, params_repl, val_ds, config, max_pictures=config.num_pictures)
   log.write({"step": step, **{f"eval/{k}": v for k, v in stats.items()}})
-  if pictures:
+  if pictures and jax.process_index() == 0:
     path = os.path.join(workdir, "predictions.png")
-    write_pictures(pictures, class_names, path, config.picture_threshold)
+    write_pictures(pictures, val_ds.class_names, path, config.picture_threshold)
     print(f"predictions on {len(pictures)} validation images: {path}", flush=True)
   return stats
 
@@ -194,8 +219,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
   _, params = checkpoints.load_model(os.path.join(workdir, "checkpoints", str(step)))
-  val_ds, class_names = build_dataset(config, "val")
+  resolve_num_classes(config)
+  val_ds = build_dataset(config, "val")
   model = build_model(config.model)
   _, p_eval = steps.pmapped_steps(model, make_criterion(config), None)
   params_repl = steps.replicate(params, jax.local_device_count())
-  return _evaluate_and_draw(p_eval, params_repl, val_ds, class_names, config, workdir, step, MetricsLog(workdir))
+  log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+  return _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log)
