@@ -1,0 +1,229 @@
+"""COCO panoptic quality (PQ, SQ, RQ) under the rules of panopticapi's pq_compute, plus a prediction writer.
+
+Segment ids are read from the PNGs as R + 256 G + 65536 B. In the ground truth id 0 is VOID and segments with
+iscrowd 1 are crowd regions. A ground-truth and a predicted segment of the same category match when
+intersection / (union - predicted pixels on VOID) > 0.5. An unmatched non-crowd ground-truth segment is a false
+negative; an unmatched predicted segment is a false positive unless more than half of it lies on VOID plus the
+crowd region of its category. Predicted areas are pixel counts, ground-truth areas come from the json ("area",
+else pixel counts). A predicted id 0 is a segment when segments_info lists it, else unlabelled pixels.
+
+CLI: python -m detr_jax.evaluation.panoptic --gt-json G --gt-folder GF --pred-json P --pred-folder PF [--out R]
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+VOID = 0
+OFFSET = 256 ** 3
+GROUPS = (("All", None), ("Things", True), ("Stuff", False))
+
+
+def _key(record, key, where):
+  if not isinstance(record, dict) or key not in record:
+    raise ValueError(f"{where}: missing key {key!r}")
+  return record[key]
+
+
+def _load_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid json ({e})") from None
+
+
+def read_panoptic_png(path):
+  """Segment ids int64 [H, W] of a COCO panoptic PNG (RGB; an alpha channel is ignored)."""
+  rgb = np.asarray(Image.open(path))
+  if rgb.ndim != 3 or rgb.shape[-1] < 3:
+    raise ValueError(f"{path}: expected an RGB panoptic PNG, got an array of shape {rgb.shape}")
+  rgb = rgb[..., :3].astype(np.int64)
+  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def _segments(annotation, categories, where):
+  """{id: segment} of an annotation's segments_info in json order (a repeated id keeps its last entry)."""
+  segments = {}
+  for segment in _key(annotation, "segments_info", where):
+    segments[int(_key(segment, "id", where))] = segment
+    if _key(segment, "category_id", where) not in categories:
+      raise ValueError(f"{where}: segment id {segment['id']} has unknown category_id {segment['category_id']}")
+  return segments
+
+
+def _check_pred_ids(pred_pixels, pred_segments, where):
+  """Raises when an id of the PNG (other than an unlisted 0) or of segments_info is missing from the other."""
+  unlisted = sorted(i for i in pred_pixels if i not in pred_segments and i != VOID)
+  if unlisted:
+    raise ValueError(f"{where}: segment ids {unlisted} are in the PNG but not in segments_info")
+  missing = sorted(set(pred_segments) - set(pred_pixels))
+  if missing:
+    raise ValueError(f"{where}: segment ids {missing} are in segments_info but not in the PNG")
+
+
+def _image_stats(gt_ids, pred_ids, gt_segments, pred_segments, stats, where):
+  """Adds one image to stats {category_id: [iou sum, tp, fp, fn]}; gt_ids / pred_ids [H, W] segment ids."""
+  if gt_ids.shape != pred_ids.shape:
+    raise ValueError(f"{where}: the PNG is {pred_ids.shape} (h, w), the ground truth PNG {gt_ids.shape}")
+  pairs, counts = np.unique(gt_ids.astype(np.uint64) * OFFSET + pred_ids.astype(np.uint64), return_counts=True)
+  intersection = dict(zip(zip((pairs // OFFSET).tolist(), (pairs % OFFSET).tolist()), counts.tolist()))
+  gt_pixels, pred_pixels = collections.Counter(), collections.Counter()
+  for (g, p), n in intersection.items():
+    gt_pixels[g] += n
+    pred_pixels[p] += n
+  _check_pred_ids(pred_pixels, pred_segments, where)
+  crowd = {g for g, s in gt_segments.items() if s.get("iscrowd", 0) == 1}
+  gt_matched, pred_matched = set(), set()
+  for (g, p), n in intersection.items():
+    if g not in gt_segments or p not in pred_segments or g in crowd:
+      continue
+    category = gt_segments[g]["category_id"]
+    if category != pred_segments[p]["category_id"]:
+      continue
+    gt_area = gt_segments[g].get("area", gt_pixels[g])
+    iou = n / (pred_pixels[p] + gt_area - n - intersection.get((VOID, p), 0))
+    if iou > 0.5:
+      stats[category][0] += iou
+      stats[category][1] += 1
+      gt_matched.add(g)
+      pred_matched.add(p)
+  crowd_of_category = {}
+  for g, segment in gt_segments.items():
+    if g in crowd:
+      crowd_of_category[segment["category_id"]] = g
+    elif g not in gt_matched:
+      stats[segment["category_id"]][3] += 1
+  for p, segment in pred_segments.items():
+    if p in pred_matched:
+      continue
+    ignored = intersection.get((VOID, p), 0)
+    if segment["category_id"] in crowd_of_category:
+      ignored += intersection.get((crowd_of_category[segment["category_id"]], p), 0)
+    if ignored / pred_pixels[p] <= 0.5:
+      stats[segment["category_id"]][2] += 1
+
+
+def _average(stats, categories, isthing):
+  """({"pq", "sq", "rq", "n"}, {category_id: {"pq", "sq", "rq"}}) of one group (isthing None: all categories).
+
+  Categories with no tp, fp or fn get zeros and stay out of the mean and of n; a group with n = 0 gets zeros.
+  """
+  per_class, counted = {}, []
+  for category, info in categories.items():
+    if isthing is not None and (info["isthing"] == 1) != isthing:
+      continue
+    iou, tp, fp, fn = stats.get(category, (0.0, 0, 0, 0))
+    if tp + fp + fn == 0:
+      per_class[category] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+      continue
+    weight = tp + 0.5 * fp + 0.5 * fn
+    per_class[category] = {"pq": iou / weight, "sq": iou / tp if tp else 0.0, "rq": tp / weight}
+    counted.append(per_class[category])
+  means = {k: sum(c[k] for c in counted) / len(counted) if counted else 0.0 for k in ("pq", "sq", "rq")}
+  return {**means, "n": len(counted)}, per_class
+
+
+def pq_compute(gt_json, pred_json, gt_folder, pred_folder):
+  """PQ of predictions (json + PNG folder) against a ground truth (json + PNG folder) as panopticapi computes it.
+
+  Every ground-truth image needs a prediction; predictions of other images are ignored. Returns
+  {"All" | "Things" | "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category_id: {"pq", "sq", "rq"}}}.
+  """
+  for folder in (gt_folder, pred_folder):
+    if not os.path.isdir(folder):
+      raise ValueError(f"{folder}: segmentation folder does not exist")
+  gt, pred = _load_json(gt_json), _load_json(pred_json)
+  categories = {}
+  for category in _key(gt, "categories", gt_json):
+    categories[_key(category, "id", f"{gt_json}: categories")] = category
+    _key(category, "isthing", f"{gt_json}: category {category['id']}")
+  predictions = {_key(a, "image_id", f"{pred_json}: annotations"): a for a in _key(pred, "annotations", pred_json)}
+  stats = collections.defaultdict(lambda: [0.0, 0, 0, 0])
+  # The bar shows on a terminal only (disable=None) and is closed before an error propagates.
+  with tqdm(_key(gt, "annotations", gt_json), desc="panoptic quality", unit="image", disable=None) as images:
+    for gt_ann in images:
+      image_id = _key(gt_ann, "image_id", f"{gt_json}: annotations")
+      if image_id not in predictions:
+        raise ValueError(f"{pred_json}: no prediction for image_id {image_id}")
+      pred_ann = predictions[image_id]
+      gt_where, pred_where = f"{gt_json}, image_id {image_id}", f"{pred_json}, image_id {image_id}"
+      gt_png = os.path.join(gt_folder, _key(gt_ann, "file_name", gt_where))
+      pred_png = os.path.join(pred_folder, _key(pred_ann, "file_name", pred_where))
+      _image_stats(read_panoptic_png(gt_png), read_panoptic_png(pred_png), _segments(gt_ann, categories, gt_where),
+                   _segments(pred_ann, categories, pred_where), stats, f"{pred_png} ({pred_where})")
+  results = {}
+  for name, isthing in GROUPS:
+    results[name], per_class = _average(stats, categories, isthing)
+    if name == "All":
+      results["per_class"] = per_class
+  return results
+
+
+def format_table(results):
+  """PQ, SQ, RQ (x100) and N of All / Things / Stuff as a text table."""
+  lines = [f"{'':10s}| {'PQ':>6s} {'SQ':>6s} {'RQ':>6s} {'N':>5s}", "-" * 38]
+  for name, _ in GROUPS:
+    r = results[name]
+    lines.append(f"{name:10s}| {100 * r['pq']:6.1f} {100 * r['sq']:6.1f} {100 * r['rq']:6.1f} {r['n']:5d}")
+  return "\n".join(lines)
+
+
+def _json_value(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f"{type(value).__name__} is not json serialisable")
+
+
+def write_panoptic_predictions(results, out_dir, json_name="predictions.json"):
+  """Writes predictions in the official DETR PanopticEvaluator layout; returns (json path, PNG folder).
+
+  results: per image {"image_id", "png_string" (PNG bytes) or "png_ids" (int ids [H, W]), "segments_info"}, as
+  postprocess_panoptic returns them plus the image id. Writes out_dir/<image_id:012d>.png and
+  out_dir/<json_name> = {"annotations": [{"image_id", "file_name", "segments_info"}]}.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  annotations = []
+  for r in results:
+    file_name = f"{int(r['image_id']):012d}.png"
+    if "png_string" in r:
+      png = r["png_string"]
+    else:
+      from detr_jax.postprocess import panoptic_png  # imports jax: only needed for id maps
+      png = panoptic_png(r["png_ids"])
+    with open(os.path.join(out_dir, file_name), "wb") as f:
+      f.write(png)
+    annotations.append({"image_id": int(r["image_id"]), "file_name": file_name, "segments_info": r["segments_info"]})
+  json_path = os.path.join(out_dir, json_name)
+  with open(json_path, "w") as f:
+    json.dump({"annotations": annotations}, f, default=_json_value)
+  return json_path, out_dir
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description="COCO panoptic quality of predictions, as panopticapi computes it.")
+  parser.add_argument("--gt-json", required=True, help="ground-truth panoptic json (annotations and categories)")
+  parser.add_argument("--gt-folder", required=True, help="folder of the ground-truth PNGs")
+  parser.add_argument("--pred-json", required=True, help="predictions json (annotations)")
+  parser.add_argument("--pred-folder", required=True, help="folder of the predicted PNGs")
+  parser.add_argument("--out", help="where to write the result dict as json")
+  args = parser.parse_args(argv)
+  try:
+    results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder)
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(format_table(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
