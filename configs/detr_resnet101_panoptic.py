@@ -1,6 +1,14 @@
-"""Released variant detr_resnet101_panoptic (official architecture; training settings come with the data configs)."""
-from detr_jax.config import variant_config
+"""detr_resnet101_panoptic on COCO panoptic with the official two-stage recipe (SPEC 6.1).
+
+  Stage 1, a box model with the 250 panoptic classes:
+    python train.py --config configs/detr_resnet101_panoptic.py:boxes --workdir W1 \
+      --config.dataset.coco_path=/data/coco --config.dataset.coco_panoptic_path=/data/coco_panoptic
+  Stage 2 (default), the mask head on the frozen detector:
+    python train.py --config configs/detr_resnet101_panoptic.py --workdir W2 --config.init_from=W1/checkpoints/<step> \
+      --config.dataset.coco_path=/data/coco --config.dataset.coco_panoptic_path=/data/coco_panoptic
+"""
+from detr_jax.config import panoptic_training_config
 
 
-def get_config():
-  return variant_config("detr_resnet101_panoptic")
+def get_config(stage="masks"):
+  return panoptic_training_config("detr_resnet101_panoptic", stage)

@@ -119,3 +119,19 @@ def coco_training_config(variant: str, epochs: int = 500, lr_drop_epoch: int = 4
                                masks=cfg.model.masks)
   cfg.update(overrides)
   return cfg
+
+
+def panoptic_training_config(variant: str, stage: str) -> ml_collections.ConfigDict:
+  """The two-stage panoptic recipe (SPEC 6.1) for a panoptic `variant` on COCO panoptic.
+
+  stage "boxes": a box-only DETR with the panoptic class set (250), 300 epochs, lr drop at 200.
+  stage "masks": the panoptic model, initialised from the stage-1 model (`init_from`), with the
+  detector frozen: only bbox_attention and the mask head train, 25 epochs, lr drop at 15.
+  """
+  if stage == "boxes":
+    cfg = coco_training_config(variant, epochs=300, lr_drop_epoch=200)
+    cfg.model.masks = cfg.dataset.masks = False
+    return cfg
+  if stage == "masks":
+    return coco_training_config(variant, epochs=25, lr_drop_epoch=15, freeze_detr=True)
+  raise ValueError(f"unknown panoptic stage {stage!r}; expected 'boxes' or 'masks'")

@@ -54,8 +54,9 @@ def init_params(config, model, key):
 
 
 def load_initial_weights(config, params):
-  """Weights of a converted checkpoint (or a backbone-only one) replacing the random ones.
+  """Weights of a converted or trained checkpoint (or a backbone-only one) replacing the random ones.
 
+  A box model's weights initialise the detector inside a panoptic model (stage 2 of the recipe).
   A converted DETR whose class count differs from config.model.num_classes keeps our fresh class
   head; every other mismatch is an error.
   """
@@ -65,6 +66,8 @@ def load_initial_weights(config, params):
   if src_cfg.get("backbone_only", False):
     prefix = ("detr", "backbone") if config.model.masks else ("backbone",)
     flat_src = {prefix + k[1:]: v for k, v in flat_src.items()}
+  elif config.model.masks and not src_cfg.model.masks:  # panoptic stage 2 from the stage-1 box model
+    flat_src = {("detr",) + k: v for k, v in flat_src.items()}
   reinit = []
   for path, value in flat_src.items():
     if path not in flat:
