@@ -4,8 +4,12 @@
   python train.py --config configs/synthetic.py --workdir /tmp/detr --mode eval
 
 Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints.
+Several hosts: start the same command on each with --coordinator_address HOST:PORT
+--num_processes N --process_id I (or --distributed where jax detects them, e.g. TPU pods);
+WORKDIR must be on storage all hosts share.
 """
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -15,7 +19,24 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and pictures.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate at the end) or only evaluate.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-host training.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool("distributed", False, "Multi-host with the cluster detected by jax (TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_jax(config) -> None:
+  """Multi-host setup (before any other jax call) and the persistent compilation cache."""
+  import jax
+  if FLAGS.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs (tests); else unused
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def main(argv):
@@ -23,6 +44,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   # A failing host callback (the matcher refusing NaN boxes) is reported once, by us, below.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
+  initialize_jax(FLAGS.config)
+  import jax
   from detr_jax.training import loop
   try:
     if FLAGS.mode == "eval":
@@ -32,7 +55,8 @@ def main(argv):
   except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+  if jax.process_index() == 0:
+    print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
   return 0
 
 

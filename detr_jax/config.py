@@ -72,6 +72,7 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       num_pictures=8,
       picture_threshold=0.5,
       progress=True,
+      compilation_cache_dir="~/.cache/detr_jax/xla",  # persistent XLA cache ("" disables)
       loss=ml_collections.ConfigDict(dict(
           eos_coef=0.1, set_cost_class=1.0, set_cost_bbox=5.0, set_cost_giou=2.0,
           bbox_loss_coef=5.0, giou_loss_coef=2.0, mask_loss_coef=1.0, dice_loss_coef=1.0,
