@@ -69,6 +69,7 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       log_every=50,               # 0 disables
       eval_every=0,
       checkpoint_every=1000,
+      batch_invariant_eval=False,  # evaluate with the padding isolated (see models.backbone.ResNet)
       num_pictures=8,
       picture_threshold=0.5,
       progress=True,

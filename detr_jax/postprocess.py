@@ -29,15 +29,16 @@ def postprocess_boxes(pred_logits, pred_boxes, orig_target_sizes):
   return probs.max(-1), probs.argmax(-1), cxcywh_to_xyxy(pred_boxes) * scale
 
 
-def postprocess_segm(pred_masks, processed_sizes, orig_target_sizes, threshold=0.5):
+def postprocess_segm(pred_masks, processed_sizes, orig_target_sizes, threshold=0.5, padded_size=None):
   """The official PostProcessSegm.
 
   pred_masks [B, Q, h4, w4] logits, processed_sizes [B, 2] and orig_target_sizes [B, 2] (h, w) -> list of B
   uint8 masks [Q, 1, H_i, W_i]: bilinear upsampling to the padded batch size, sigmoid > threshold, crop to the
-  processed size, torch nearest resize to the original size.
+  processed size, torch nearest resize to the original size. padded_size (H, W): the batch's padded image
+  size; default the largest processed size (the official batches are padded to exactly that).
   """
   processed_sizes, orig_target_sizes = np.asarray(processed_sizes), np.asarray(orig_target_sizes)
-  max_h, max_w = processed_sizes.max(0).tolist()
+  max_h, max_w = processed_sizes.max(0).tolist() if padded_size is None else padded_size
   masks = resize_bilinear(jnp.moveaxis(jnp.asarray(pred_masks), 1, -1), (max_h, max_w))
   masks = np.asarray(jax.nn.sigmoid(masks) > threshold).transpose(0, 3, 1, 2)
   results = []

@@ -84,8 +84,9 @@ class CocoEvaluator:
     return ("bbox", "segm") if self.with_masks else ("bbox",)
 
   def add(self, image_id, boxes, scores, labels, masks=None):
-    """One image: boxes [K, 4] xyxy in original pixels, scores [K], labels [K] (category ids); masks: None or
-    uint8/bool [K, H0, W0] (or [K, 1, H0, W0], as postprocess_segm gives them) at the original image size."""
+    """One image: boxes [K, 4] xyxy in original pixels, scores [K], labels [K] (category ids); masks: None,
+    uint8/bool [K, H0, W0] (or [K, 1, H0, W0], as postprocess_segm gives them) at the original image size,
+    or their K RLEs (`encode_masks`)."""
     image_id = int(image_id)
     if image_id not in self.coco_gt.imgs:
       raise ValueError(f"image_id {image_id} is not in the ground truth")
@@ -109,13 +110,18 @@ class CocoEvaluator:
   def _mask_detections(self, image_id, masks, scores, labels):
     """Mask detections as COCO.loadRes makes them (area and bbox from the RLE), without ids."""
     image = self.coco_gt.imgs[image_id]
-    masks = np.asarray(masks)
-    if masks.shape[0] != len(scores) or masks.shape[-2:] != (image["height"], image["width"]):
-      raise ValueError(f"image_id {image_id}: masks {masks.shape} do not match {len(scores)} detections at the "
+    if isinstance(masks, list):  # already encoded
+      rles, shape = masks, (len(masks), *(tuple(masks[0]["size"]) if masks else ()))
+    else:
+      masks = np.asarray(masks)
+      rles, shape = None, masks.shape
+    if shape[0] != len(scores) or (len(shape) > 1 and shape[-2:] != (image["height"], image["width"])):
+      raise ValueError(f"image_id {image_id}: masks {shape} do not match {len(scores)} detections at the "
                        f"original size (h, w) = {(image['height'], image['width'])}")
+    rles = encode_masks(masks) if rles is None else rles
     return [{"image_id": image_id, "category_id": int(label), "segmentation": rle, "area": float(coco_mask.area(rle)),
              "bbox": coco_mask.toBbox(rle).tolist(), "score": float(score), "iscrowd": 0}
-            for rle, score, label in zip(encode_masks(masks), scores, labels)]
+            for rle, score, label in zip(rles, scores, labels)]
 
   def update(self, image_ids, scores, labels, boxes, masks=None):
     """A batch as postprocess_boxes returns it: image_ids [B], scores [B, Q], labels [B, Q],

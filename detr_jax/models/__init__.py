@@ -5,11 +5,15 @@ from detr_jax.models.detr import DETR
 from detr_jax.models.segmentation import DETRsegm
 
 
-def build_model(cfg: ml_collections.ConfigDict):
-  """DETR, or DETRsegm when cfg.masks, from a `detr_jax.config.model_config`."""
+def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False):
+  """DETR, or DETRsegm when cfg.masks, from a `detr_jax.config.model_config`.
+
+  isolate_padding: batch-invariant backbone features (see `ResNet`); parameters are unchanged.
+  """
   detr = DETR(num_classes=cfg.num_classes, num_queries=cfg.num_queries, hidden_dim=cfg.hidden_dim,
               num_heads=cfg.nheads, enc_layers=cfg.enc_layers, dec_layers=cfg.dec_layers,
               dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, pre_norm=cfg.pre_norm,
               backbone=cfg.backbone, dilation=cfg.dilation,
-              position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss)
+              position_embedding=cfg.position_embedding, aux_loss=cfg.aux_loss,
+              isolate_padding=isolate_padding)
   return DETRsegm(detr) if cfg.masks else detr

@@ -68,8 +68,20 @@ def _conv(features, kernel, stride=1, dilation=1, name=None):
                  kernel_dilation=(dilation, dilation), use_bias=False, name=name)
 
 
+def _zero_padding(x, valid):
+  """x [B, h, w, C] with the padding cells set to 0 (valid [B, h, w, 1], 1 = real; None: x)."""
+  return x if valid is None else x * valid
+
+
+def _strided(valid, stride):
+  """The real cells after a stride: output cell i is real iff input cell stride * i is (torch's
+  padding makes every conv/pool output size ceil(size / stride))."""
+  return None if valid is None else valid[:, ::stride, ::stride]
+
+
 class _Block(nn.Module):
-  """Fields shared by the residual blocks."""
+  """Fields shared by the residual blocks. `valid` [B, h, w, 1] (1 = real cell, at the block
+  input's resolution) isolates the padding, see `ResNet`."""
   width: int
   stride: int = 1
   dilation: int = 1
@@ -80,44 +92,55 @@ class BasicBlock(_Block):
   """ResNet-18/34 block: 3x3 (stride) -> 3x3, plus identity or 1x1 downsample."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, valid=None):
     if self.dilation > 1:
       raise ValueError("BasicBlock (resnet18/34) does not support dilation (DC5), as in torchvision")
     y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 3, self.stride, name="conv1")(x)))
-    y = FrozenBatchNorm(self.width, name="bn2")(_conv(self.width, 3, name="conv2")(y))
+    valid = _strided(valid, self.stride)
+    y = FrozenBatchNorm(self.width, name="bn2")(_conv(self.width, 3, name="conv2")(_zero_padding(y, valid)))
     if self.downsample:
       x = FrozenBatchNorm(self.width, name="downsample_bn")(
           _conv(self.width, 1, self.stride, name="downsample_conv")(x))
-    return nn.relu(x + y)
+    return _zero_padding(nn.relu(x + y), valid)
 
 
 class Bottleneck(_Block):
   """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride, dilation) -> 1x1 (x4), plus shortcut."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, valid=None):
     out = 4 * self.width
     y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 1, name="conv1")(x)))
-    y = _conv(self.width, 3, self.stride, self.dilation, name="conv2")(y)
+    y = _conv(self.width, 3, self.stride, self.dilation, name="conv2")(_zero_padding(y, valid))
     y = nn.relu(FrozenBatchNorm(self.width, name="bn2")(y))
     y = FrozenBatchNorm(out, name="bn3")(_conv(out, 1, name="conv3")(y))
     if self.downsample:
       x = FrozenBatchNorm(out, name="downsample_bn")(_conv(out, 1, self.stride, name="downsample_conv")(x))
-    return nn.relu(x + y)
+    return _zero_padding(nn.relu(x + y), _strided(valid, self.stride))
 
 
 class ResNet(nn.Module):
-  """Returns the outputs of layer1..layer4 (strides 4, 8, 16, 32; layer4 at 16 with DC5)."""
+  """Returns the outputs of layer1..layer4 (strides 4, 8, 16, 32; layer4 at 16 with DC5).
+
+  x [B, H, W, 3] with padding 0 at the bottom/right. mask [B, H, W] (True = padding), if given,
+  isolates the padding: every activation a spatial conv or the max pool reads is zeroed there
+  (beyond the cells that the image alone would give),
+  so each image's features are those of the image alone, padded or not (the official model's
+  features near the border depend on how much padding the batch added).
+  """
   arch: str = "resnet50"
   dilation: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     blocks, bottleneck = RESNET_SPECS[self.arch]
     block_cls = Bottleneck if bottleneck else BasicBlock
     expansion = 4 if bottleneck else 1
+    valid = None if mask is None else (~mask)[..., None].astype(x.dtype)
     x = nn.relu(FrozenBatchNorm(64, name="bn1")(_conv(64, 7, 2, name="conv1")(x)))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = _zero_padding(x, _strided(valid, 2))  # >= 0 after the ReLU, so 0 never wins the max pool
+    valid = _strided(valid, 4)
+    x = _zero_padding(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))), valid)
     levels, in_channels, dilation = [], 64, 1
     for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
       stride = 1 if stage == 1 else 2
@@ -128,7 +151,8 @@ class ResNet(nn.Module):
         x = block_cls(width, stride=stride if i == 0 else 1,
                       dilation=previous_dilation if i == 0 else dilation,
                       downsample=i == 0 and (stride != 1 or in_channels != width * expansion),
-                      name=f"layer{stage}_{i}")(x)
+                      name=f"layer{stage}_{i}")(x, valid)
+        valid = _strided(valid, stride if i == 0 else 1)
       in_channels = width * expansion
       levels.append(x)
     return levels

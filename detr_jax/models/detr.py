@@ -48,10 +48,11 @@ class DETR(nn.Module):
   dilation: bool = False
   position_embedding: str = "sine"
   aux_loss: bool = True
+  isolate_padding: bool = False  # batch-invariant features (see ResNet); official: False
 
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
-    levels = ResNet(self.backbone, self.dilation, name="backbone")(images)
+    levels = ResNet(self.backbone, self.dilation, name="backbone")(images, mask if self.isolate_padding else None)
     masks = [downsample_mask(mask, f.shape[1:3]) for f in levels]
     for i, (feat, feat_mask) in enumerate(zip(levels, masks)):
       self.sow("intermediates", f"backbone_feat{i}", feat)

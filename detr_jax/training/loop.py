@@ -5,7 +5,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -14,12 +13,10 @@ from tqdm import tqdm
 from detr_jax import checkpoints
 from detr_jax.criterion import SetCriterion
 from detr_jax.data import build_dataset, resolve_num_classes
-from detr_jax.data.pipeline import Batches, StreamPlan
-from detr_jax.data.transforms import Augment
-from detr_jax.evaluation.coco import CocoEvaluator
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
 from detr_jax.training.checkpoint import Checkpointer
+from detr_jax.training.evaluate import batches, evaluate, stream_plan
 from detr_jax.training.metrics_log import MetricsLog
 from detr_jax.training.optimizer import make_optimizer
 from detr_jax.training.state import TrainState
@@ -40,6 +37,11 @@ def make_criterion(config) -> SetCriterion:
       mask_loss_coef=loss.mask_loss_coef, dice_loss_coef=loss.dice_loss_coef,
       cost_class=loss.set_cost_class, cost_bbox=loss.set_cost_bbox, cost_giou=loss.set_cost_giou,
       matcher_backend=loss.matcher_backend)
+
+
+def eval_model(config):
+  """The model evaluated: batch-invariant (padding isolated) when config.batch_invariant_eval."""
+  return build_model(config.model, isolate_padding=config.batch_invariant_eval)
 
 
 def init_params(config, model, key):
@@ -84,48 +86,6 @@ def load_initial_weights(config, params):
   return traverse_util.unflatten_dict(flat)
 
 
-def stream_plan(config, dataset, train: bool) -> StreamPlan:
-  """The train or eval stream of `dataset` with the transforms and buckets of `config.dataset`."""
-  ds = config.dataset
-  augment = Augment(tuple(ds.scales), ds.max_size, tuple(ds.crop_resize), tuple(ds.crop_size)) if ds.augment else None
-  batch = config.global_batch_size if train else (config.eval_batch_size or config.global_batch_size)
-  if batch % jax.device_count():
-    raise ValueError(f"{'global' if train else 'eval'} batch size {batch} must be divisible by the number "
-                     f"of devices ({jax.device_count()})")
-  return StreamPlan(dataset, batch, ds.bucket_sides, seed=config.seed, train=train, augment=augment,
-                    val_size=ds.val_size, max_size=ds.max_size)
-
-
-def batches(config, plan: StreamPlan) -> Batches:
-  return Batches(plan, config.max_objects, with_masks=config.model.masks, process_index=jax.process_index(),
-                 process_count=jax.process_count(), workers=config.dataset.workers)
-
-
-def evaluate(p_eval, params_repl, dataset, config, max_pictures: int = 0):
-  """COCO box AP of the model on `dataset` (every process evaluates its share of each batch; the
-  detections are gathered), plus up to `max_pictures` (image, detections) pairs."""
-  plan = stream_plan(config, dataset, train=False)
-  outputs, slots = [], []
-  for batch in batches(config, plan):
-    out = p_eval(params_repl, steps.shard({k: batch[k] for k in ("images", "mask", "orig_size")},
-                                          jax.local_device_count()))
-    out = {k: v.reshape(-1, *v.shape[2:]) for k, v in jax.device_get(out).items()}
-    outputs.append({**out, "image_id": batch["image_id"], "is_real": batch["is_real"]})
-  local = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-  if jax.process_count() > 1:  # [P, n, ...] -> batch-major order of the global stream
-    gathered = multihost_utils.process_allgather(local)
-    b = plan.global_batch // jax.process_count()
-    local = {k: v.reshape(v.shape[0], -1, b, *v.shape[2:]).swapaxes(0, 1).reshape(-1, *v.shape[2:])
-             for k, v in gathered.items()}
-  evaluator, pictures = CocoEvaluator(dataset.coco_gt()), []
-  for i in np.flatnonzero(local["is_real"]):
-    det = {k: local[k][i] for k in ("boxes", "scores", "labels")}
-    evaluator.add(local["image_id"][i], **det)
-    if len(pictures) < max_pictures:
-      pictures.append((dataset[int(i)]["image"], det))
-  return evaluator.summarize(), pictures
-
-
 def write_pictures(pictures, class_names, path: str, threshold: float) -> None:
   drawn = [draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names, threshold, scale=3)
            for image, det in pictures]
@@ -148,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
   ckpt = Checkpointer(workdir)
   log = MetricsLog(workdir, enabled=main)
-  loader = batches(config, train_plan)
+  loader = batches(config, train_plan, with_masks=config.model.masks)
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(state)
     loader.restore(data_state["grain"])
@@ -157,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
   log.truncate_after(start)
 
-  p_train, p_eval = steps.pmapped_steps(model, criterion, tx)
+  p_train, p_eval = steps.pmapped_steps(model, criterion, tx, eval_model(config))
   state_repl = steps.replicate(state, len(devices))
   last_good = ckpt.latest_step()
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
@@ -194,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpt.save(steps.unreplicate(state_repl), config, {"next_step": done, "grain": loader.state()})
       last_good = done
     if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config)
+      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, os.path.join(workdir, "eval"))
       log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
   bar.close()
   final_state = steps.unreplicate(state_repl)
@@ -207,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log):
   """Final evaluation: metrics.jsonl eval row and WORKDIR/predictions.png."""
-  stats, pictures = evaluate(p_eval, params_repl, val_ds, config, max_pictures=config.num_pictures)
+  stats, pictures = evaluate(p_eval, params_repl, val_ds, config, os.path.join(workdir, "eval"),
+                             max_pictures=config.num_pictures)
   log.write({"step": step, **{f"eval/{k}": v for k, v in stats.items()}})
   if pictures and jax.process_index() == 0:
     path = os.path.join(workdir, "predictions.png")
@@ -224,8 +185,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   _, params = checkpoints.load_model(os.path.join(workdir, "checkpoints", str(step)))
   resolve_num_classes(config)
   val_ds = build_dataset(config, "val")
-  model = build_model(config.model)
-  _, p_eval = steps.pmapped_steps(model, make_criterion(config), None)
+  _, p_eval = steps.pmapped_steps(None, None, None, eval_model(config))
   params_repl = steps.replicate(params, jax.local_device_count())
   log = MetricsLog(workdir, enabled=jax.process_index() == 0)
   return _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log)

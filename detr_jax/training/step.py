@@ -46,17 +46,22 @@ def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS
 
 
 def eval_step(params, batch, *, model):
-  """Detections of this device's images: scores, labels [B, Q] and xyxy boxes in original pixels."""
+  """Detections of this device's images: scores, labels [B, Q] and xyxy boxes in original pixels;
+  mask models add pred_logits [B, Q, C+1] and pred_masks [B, Q, H/4, W/4] for host post-processing."""
   outputs = model.apply({"params": params}, batch["images"], batch["mask"])
   scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], batch["orig_size"])
-  return {"scores": scores, "labels": labels, "boxes": boxes}
+  extra = {k: outputs[k] for k in ("pred_logits", "pred_masks") if "pred_masks" in outputs}
+  return {"scores": scores, "labels": labels, "boxes": boxes, **extra}
 
 
-def pmapped_steps(model, criterion, tx):
-  """(p_train_step, p_eval_step) over all local devices; the train state is donated."""
+def pmapped_steps(model, criterion, tx, eval_model=None):
+  """(p_train_step, p_eval_step) over all local devices; the train state is donated.
+
+  eval_model: the model evaluated (same parameters, e.g. with isolate_padding), default `model`.
+  """
   p_train = jax.pmap(functools.partial(train_step, model=model, criterion=criterion, tx=tx),
                      axis_name=AXIS, donate_argnums=(0,))
-  p_eval = jax.pmap(functools.partial(eval_step, model=model), axis_name=AXIS)
+  p_eval = jax.pmap(functools.partial(eval_step, model=eval_model or model), axis_name=AXIS)
   return p_train, p_eval
 
 

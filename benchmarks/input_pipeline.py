@@ -1,0 +1,103 @@
+"""Images/s of the train input pipeline (the one train.py runs), for a few worker/thread settings.
+
+  python benchmarks/input_pipeline.py [--coco-path DIR] [--batch 8] [--batches 20] \
+      [--runs default:2 0:1 0:2 1:2 2:2] [--step-seconds 3.67]
+
+Each batch: decode JPEG, official random flip / crop / multi-scale resize, normalise, pad into the
+dataset.bucket_sides buckets, collate (`detr_jax.data.pipeline.Batches`). Images: --coco-path's
+train2017 split, or --images synthetic COCO-format JPEGs of --size (COCO's typical 480x640),
+written to a temporary folder by `detr_jax.data.fake_coco`. --runs are WORKERS:THREADS pairs
+(workers "default": `dataset_config().workers`, i.e. -1, min(8, CPUs) processes). Timing starts after
+--warmup batches plus as many as the loader can hold ready (workers x (prefetch + threads)), so
+batches prepared while the workers started are not counted. --step-seconds S (a train step at the
+same --batch, see benchmarks/train_step.py) compares the pipeline's rate with what training needs.
+"""
+import argparse
+import gc
+import json
+import os
+import tempfile
+import time
+
+from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+from detr_jax.config import dataset_config, training_config
+from detr_jax.data import fake_coco
+from detr_jax.data.coco import CocoDetection
+from detr_jax.data.pipeline import Batches, StreamPlan, default_workers
+from detr_jax.data.transforms import Augment
+
+PREFETCH = 2  # Batches' default prefetch (per worker buffer and per read-thread pool)
+
+
+def release(it) -> None:
+  """Stops grain's workers and frees the batches' shared memory before the next run (and exit)."""
+  it._iterator.close()  # grain's DataLoaderIterator has no close(); its dataset iterator has
+  gc.collect()  # batches from workers live in shared memory that their arrays' __del__ unlinks...
+  pool = SharedMemoryArray._del_thread_pool  # ...on grain's one-thread pool: wait for it to drain
+  if pool is not None:
+    pool.apply(lambda: None)  # FIFO: returns once the queued unlinks ran
+
+
+def measure(dataset, args, workers: int, threads: int) -> dict:
+  resolved = default_workers() if workers < 0 else workers
+  warmup = args.warmup + max(resolved, 1) * (PREFETCH + threads)
+  plan = StreamPlan(dataset, args.batch, dataset_config().bucket_sides, seed=0, train=True, augment=Augment())
+  loader = Batches(plan, training_config().max_objects, num_steps=warmup + args.batches, workers=workers,
+                   threads=threads, prefetch=PREFETCH)
+  start, times, shapes = time.perf_counter(), [], []
+  it = iter(loader)
+  for batch in it:
+    times.append(time.perf_counter())
+    shapes.append(batch["images"].shape[1:3])
+  del batch
+  release(it)
+  seconds = (times[-1] - times[warmup - 1]) / args.batches
+  hs, ws = zip(*shapes[warmup:])
+  return {"workers": f"default={resolved}" if workers < 0 else str(workers), "threads": threads,
+          "batch": args.batch, "images_s": args.batch / seconds, "ms_batch": 1000 * seconds,
+          "first_s": times[0] - start, "shape": f"{sorted(hs)[len(hs) // 2]}x{sorted(ws)[len(ws) // 2]}"}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--coco-path", default="", help="COCO folder (train2017/, annotations/); default: synthetic")
+  parser.add_argument("--images", type=int, default=64, help="synthetic images to write")
+  parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+  parser.add_argument("--batch", type=int, default=8, help="global batch")
+  parser.add_argument("--batches", type=int, default=20, help="batches timed")
+  parser.add_argument("--warmup", type=int, default=3, help="batches before timing (plus the loader's buffers)")
+  parser.add_argument("--runs", nargs="+", default=["default:2", "0:1", "0:2", "1:2", "2:2"],
+                      metavar="WORKERS:THREADS", help='workers: a count or "default" (dataset_config().workers)')
+  parser.add_argument("--step-seconds", type=float, default=0.0, help="seconds of one train step at --batch")
+  args = parser.parse_args()
+
+  with tempfile.TemporaryDirectory() as tmp:
+    root = args.coco_path or tmp
+    if not args.coco_path:
+      fake_coco.write_split(tmp, "train", args.images, tuple(args.size))
+    dataset = CocoDetection(os.path.join(root, "train2017"), os.path.join(root, "annotations/instances_train2017.json"))
+    print(f"{len(dataset)} images ({'synthetic ' + 'x'.join(map(str, args.size)) if not args.coco_path else root}), "
+          f"{os.cpu_count()} CPUs, batch {args.batch}, {args.batches} batches timed", flush=True)
+    rows = []
+    for run in args.runs:
+      workers, threads = run.split(":")
+      workers = dataset_config().workers if workers == "default" else int(workers)
+      rows.append(measure(dataset, args, workers, int(threads)))
+      print(f"  done {run}: {rows[-1]['images_s']:.1f} images/s", flush=True)
+
+  print(f"\n{'workers':>9} {'threads':>7} {'batch':>5} {'images/s':>8} {'ms/batch':>8} {'first s':>7} {'padded HxW':>10}")
+  for r in rows:
+    print(f"{r['workers']:>9} {r['threads']:>7} {r['batch']:>5} {r['images_s']:>8.1f} {r['ms_batch']:>8.0f} "
+          f"{r['first_s']:>7.1f} {r['shape']:>10}")
+  if args.step_seconds:
+    for r in rows:
+      feed = r["images_s"] / args.batch
+      print(f"workers {r['workers']}, threads {r['threads']}: pipeline can feed {feed:.2f} steps/s vs needs "
+            f"1/{args.step_seconds:g} = {1 / args.step_seconds:.2f} ({feed * args.step_seconds:.1f}x)")
+  print(json.dumps({"cpus": os.cpu_count(), "images": len(dataset), "batches": args.batches,
+                    "rows": [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+  main()
