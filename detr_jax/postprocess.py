@@ -91,7 +91,7 @@ def _ids_and_areas(masks, size, target_size, merge):
 
 
 def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, target_sizes=None,
-                         is_thing_map=None, threshold=0.85):
+                         is_thing_map=None, threshold=0.85, mask_query_index=None):
   """The official PostProcessPanoptic, on the host.
 
   pred_logits [B, Q, C+1], pred_masks [B, Q, h4, w4] logits, pred_boxes [B, Q, 4] (unused by the result, as in the
@@ -99,19 +99,28 @@ def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, t
   is_thing_map {class: bool} (default: COCO, id <= 90) -> list of B dicts: "png_ids" int32 [H_t, W_t] (0-based
   index into segments_info, id 0 is a real segment; all 0 when nothing is kept) and "segments_info"
   [{"id", "isthing", "category_id", "area"}].
+  mask_query_index [B, K]: pred_masks [B, K, h4, w4] belong to these queries (a model built with
+  mask_queries=K); a kept query without a mask is an error (rerun with more mask queries).
   """
   del pred_boxes
   is_thing_map = COCO_IS_THING_MAP if is_thing_map is None else is_thing_map
   target_sizes = processed_sizes if target_sizes is None else target_sizes
   logits, all_masks = np.asarray(pred_logits, np.float32), np.asarray(pred_masks, np.float32)
   results = []
-  for cur_logits, cur_masks, size, target_size in zip(logits, all_masks, np.asarray(processed_sizes).tolist(),
-                                                      np.asarray(target_sizes).tolist()):
+  index = np.arange(logits.shape[1])[None].repeat(len(logits), 0) if mask_query_index is None else \
+      np.asarray(mask_query_index)
+  for cur_logits, cur_masks, cur_index, size, target_size in zip(
+      logits, all_masks, index, np.asarray(processed_sizes).tolist(), np.asarray(target_sizes).tolist()):
     probs = _softmax(cur_logits)
     scores, labels = probs.max(-1), probs.argmax(-1)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
     classes = labels[keep]
-    masks = np.asarray(resize_bilinear(cur_masks[keep], size))
+    missing = np.setdiff1d(np.flatnonzero(keep), cur_index)
+    if missing.size:
+      raise ValueError(f"{keep.sum()} queries are kept but masks were computed for {len(cur_index)} "
+                       f"(mask_queries); rerun with more")
+    position = np.argsort(cur_index)[np.searchsorted(cur_index, np.flatnonzero(keep), sorter=np.argsort(cur_index))]
+    masks = np.asarray(resize_bilinear(cur_masks[position], size))
     stuff = {}
     for k, c in enumerate(classes.tolist()):
       if not is_thing_map[c]:

@@ -77,3 +77,28 @@ def test_id_rgb_round_trip_and_png(pp):
   png_ids = pp["panoptic_crafted_ids_1"]
   decoded = rgb2id(np.asarray(Image.open(io.BytesIO(panoptic_png(png_ids))).convert("RGB")))
   np.testing.assert_array_equal(decoded, png_ids)
+
+
+def _softmax(logits):
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  return probs / probs.sum(-1, keepdims=True)
+
+
+def _top_keepable(logits, k):
+  """The queries a model with mask_queries=k computes masks for (see DETRsegm)."""
+  probs = _softmax(logits)
+  keepable = np.where(probs.argmax(-1) != logits.shape[-1] - 1, probs.max(-1), -1.0)
+  return np.argsort(-keepable, axis=-1, kind="stable")[:, :k]
+
+
+def test_panoptic_from_the_top_k_query_masks_is_exact(pp, reference):
+  logits, masks = pp["crafted_pred_logits"], pp["crafted_pred_masks"]
+  probs = _softmax(logits)
+  kept = ((probs.argmax(-1) != logits.shape[-1] - 1) & (probs.max(-1) > 0.85)).sum(-1).max()
+  index = _top_keepable(logits, kept + 2)[:, ::-1]  # any order
+  subset = np.take_along_axis(masks, index[:, :, None, None], axis=1)
+  results = postprocess_panoptic(logits, subset, None, pp["processed_sizes"], pp["orig_target_sizes"],
+                                 mask_query_index=index)
+  _check_panoptic(results, pp, reference, "crafted")
+  with pytest.raises(ValueError, match="queries are kept but masks were computed for 1"):
+    postprocess_panoptic(logits, subset[:, :1], None, pp["processed_sizes"], mask_query_index=index[:, :1])

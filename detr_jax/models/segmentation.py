@@ -68,15 +68,29 @@ class MaskHeadSmallConv(nn.Module):
 
 
 class DETRsegm(nn.Module):
-  """DETR with the panoptic mask head; adds pred_masks [B, Q, H4, W4] (stride-4 logits)."""
+  """DETR with the panoptic mask head; adds pred_masks [B, Q, H4, W4] (stride-4 logits).
+
+  mask_queries K > 0 (inference): masks only for the K queries most likely to be kept by the
+  panoptic post-processing (highest top score among those whose top class is not no-object);
+  pred_masks is then [B, K, H4, W4] and mask_query_index [B, K] says which queries they are. The
+  mask head treats queries independently, so these masks equal the full model's.
+  """
   detr: DETR
+  mask_queries: int = 0
 
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True):
     outputs, internals = self.detr(images, mask, deterministic, return_internals=True)
     hidden_dim, num_heads = self.detr.hidden_dim, self.detr.num_heads
+    queries = internals["hs"][-1]
+    if self.mask_queries:
+      probs = jax.nn.softmax(outputs["pred_logits"], axis=-1)
+      thing_or_stuff = probs.argmax(-1) != probs.shape[-1] - 1
+      _, index = jax.lax.top_k(jnp.where(thing_or_stuff, probs.max(-1), -1.0), self.mask_queries)
+      queries = jnp.take_along_axis(queries, index[..., None], axis=1)
+      outputs = {**outputs, "mask_query_index": index}
     bbox_mask = MHAttentionMap(hidden_dim, num_heads, name="bbox_attention")(
-        internals["hs"][-1], internals["memory"], internals["mask"])
+        queries, internals["memory"], internals["mask"])
     self.sow("intermediates", "bbox_mask", bbox_mask)
     levels = internals["levels"]
     masks = MaskHeadSmallConv(hidden_dim, name="mask_head")(

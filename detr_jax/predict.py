@@ -1,0 +1,259 @@
+"""Run a model checkpoint on images: detections (and panoptic segments) drawn and written as JSON.
+
+  python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N]
+
+DIR: a converted official checkpoint or a training checkpoint (WORKDIR/checkpoints/<step>). Images
+are prepared as the validation pipeline prepares them (the training config's dataset settings, else
+the official resize to 800, at most 1333) and zero-padded to a bucket shape; the forward pass
+compiles once per bucket shape. The model isolates the padding in its backbone and the masks are
+cropped to the image, so each image gets the results of the model run on it alone, whatever its
+bucket and batch. Per image, in --out-dir:
+  <stem>.png           the original image with the detections (score >= threshold; masks for mask models;
+                       images of at most 200 px are drawn enlarged 2x or more, for readable labels)
+  <stem>_panoptic.png  mask models: the panoptic segments blended on the image
+  <stem>.json          {"image", "size": [h, w], "detections": [{"label", "name", "score", "box_xyxy"}],
+                       and for mask models "segments_info": [{"id", "isthing", "category_id", "area", "name"}]}
+Boxes are (x0, y0, x1, y1) in original pixels. Exit code 0, or 1 with one `error: ...` line.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import NamedTuple
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from detr_jax.checkpoints import load_model
+from detr_jax.coco_categories import DETECTION_NAMES, panoptic_names
+from detr_jax.data.batching import collate
+from detr_jax.data.pipeline import bucket_shape
+from detr_jax.data.synthetic import CLASS_NAMES
+from detr_jax.data.transforms import apply_plan, plan_val
+from detr_jax.models import build_model
+from detr_jax.postprocess import postprocess_boxes, postprocess_panoptic, postprocess_segm
+from detr_jax.visualize import class_colour, draw_detections
+
+DEFAULT_BUCKET_SIDES = (640, 800, 1088, 1344)
+MASK_STRIDE = 4  # pred_masks cells per input pixel side: the backbone's layer1 resolution
+PANOPTIC_ALPHA = 0.5
+
+
+class Preprocessing(NamedTuple):
+  """How images enter the model: resize (the official val resize) or not, and the padding buckets."""
+  resize: bool
+  val_size: int
+  max_size: int
+  bucket_sides: tuple
+
+
+def preprocessing(config) -> Preprocessing:
+  """The eval pipeline's settings of a training config; the official ones for converted checkpoints."""
+  ds = config.get("dataset")
+  if ds is None:
+    return Preprocessing(True, 800, 1333, DEFAULT_BUCKET_SIDES)
+  return Preprocessing(bool(ds.augment), int(ds.val_size), int(ds.max_size), tuple(ds.bucket_sides))
+
+
+def class_names(config) -> tuple:
+  """Names indexed by class id: synthetic classes, the COCO names (91 detection / 250 panoptic
+  classes), otherwise the ids as text."""
+  num_classes = config.model.num_classes
+  ds = config.get("dataset")
+  if ds is not None and ds.name == "synthetic":
+    return CLASS_NAMES
+  if num_classes == len(DETECTION_NAMES):
+    return DETECTION_NAMES
+  if num_classes == 250:
+    return panoptic_names(num_classes)
+  return tuple(str(i) for i in range(num_classes))
+
+
+def is_thing_map(config) -> dict:
+  """{class id: isthing} for postprocess_panoptic: the official COCO rule (id <= 90) for 250-class
+  models, every class a thing otherwise."""
+  num_classes = config.model.num_classes
+  return {i: i <= 90 if num_classes == 250 else True for i in range(num_classes)}
+
+
+def load_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] RGB of an image file."""
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert("RGB"))
+  except (OSError, ValueError) as e:  # missing, unreadable or not an image
+    raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def pad_shape(hw, sides) -> tuple[int, int]:
+  """`bucket_shape`; a side beyond the largest bucket is rounded up to a multiple of it instead."""
+  top = max(sides)
+  fit = bucket_shape([min(int(s), top) for s in hw], sides)
+  return tuple(f if s <= top else -(-int(s) // top) * top for s, f in zip(hw, fit))
+
+
+def prepare_batch(images, prep: Preprocessing) -> dict:
+  """uint8 [H_i, W_i, 3] images -> the `collate` batch (images [B, Hp, Wp, 3] normalised, mask,
+  size, orig_size), padded to the bucket of its largest prepared image."""
+  examples = []
+  for i, image in enumerate(images):
+    hw = image.shape[:2]
+    example = {"image": image, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int32),
+               "area": np.zeros((0,), np.float32), "iscrowd": np.zeros((0,), np.int32), "image_id": i,
+               "orig_size": np.array(hw, np.int32)}
+    plan = plan_val(hw, prep.val_size, prep.max_size) if prep.resize else ()
+    examples.append(apply_plan(example, plan))
+  padded = pad_shape(np.max([e["image"].shape[:2] for e in examples], axis=0), prep.bucket_sides)
+  return collate(examples, pad_to=padded, max_objects=0)
+
+
+def make_forward(model):
+  """jitted (params, images, mask, orig_size) -> model outputs plus postprocess_boxes' scores,
+  labels [B, Q] and boxes [B, Q, 4] (xyxy, original pixels); compiled once per input shape."""
+  def forward(params, images, mask, orig_size):
+    outputs = model.apply({"params": params}, images, mask)
+    scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], orig_size)
+    keys = ("pred_logits", "pred_boxes", "pred_masks")
+    return {**{k: outputs[k] for k in keys if k in outputs}, "scores": scores, "labels": labels, "boxes": boxes}
+
+  return jax.jit(forward)
+
+
+def crop_masks(pred_masks, size):
+  """pred_masks [..., H4, W4] of a padded input -> the cells of the unpadded image of `size` (h, w),
+  the map an unpadded input would give, so that the official mask post-processing lines up."""
+  h, w = (-(-int(s) // MASK_STRIDE) for s in size)
+  return pred_masks[..., :h, :w]
+
+
+def image_results(out: dict, i: int, size, orig_size, threshold: float, config) -> dict:
+  """Detections of image i of a batch (score >= threshold, best first), with instance masks bool
+  [K, H, W] and the panoptic result for mask models."""
+  scores = out["scores"][i]
+  keep = np.flatnonzero(scores >= threshold)
+  keep = keep[np.argsort(-scores[keep], kind="stable")]
+  result = {k: out[k][i][keep] for k in ("scores", "labels", "boxes")}
+  if "pred_masks" in out:
+    masks = crop_masks(out["pred_masks"][i:i + 1], size)
+    sizes, orig = np.array([size]), np.array([orig_size])
+    result["masks"] = postprocess_segm(masks[:, keep], sizes, orig, threshold=0.5)[0][:, 0].astype(bool)
+    result["panoptic"] = postprocess_panoptic(out["pred_logits"][i:i + 1], masks, out["pred_boxes"][i:i + 1],
+                                              sizes, orig, is_thing_map=is_thing_map(config))[0]
+  return result
+
+
+def to_json(path: str, hw, result: dict, names) -> dict:
+  """The JSON record of one image (see the module doc)."""
+  record = {"image": path, "size": [int(hw[0]), int(hw[1])], "detections": [
+      {"label": int(label), "name": names[label], "score": float(score), "box_xyxy": [float(v) for v in box]}
+      for score, label, box in zip(result["scores"], result["labels"], result["boxes"])]}
+  if "panoptic" in result:
+    record["segments_info"] = [{**s, "name": names[s["category_id"]]} for s in result["panoptic"]["segments_info"]]
+  return record
+
+
+def display_scale(hw) -> int:
+  """Integer upscaling of small images in the pictures, so that labels stay readable."""
+  return max(1, 400 // max(hw))
+
+
+def ink(colour) -> tuple:
+  """Black or white text, whichever reads better on `colour` (RGB)."""
+  return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140 else (255, 255, 255)
+
+
+def draw_panoptic(image, png_ids, segments_info, names, scale: int = 1) -> Image.Image:
+  """The image [H, W, 3] with each segment of png_ids [H, W] blended in its own colour and labelled
+  with its class name at its pixel nearest to the segment's centre."""
+  canvas = np.asarray(image, np.float32).copy()
+  for segment in segments_info:
+    inside = png_ids == segment["id"]
+    canvas[inside] = (1 - PANOPTIC_ALPHA) * canvas[inside] + PANOPTIC_ALPHA * np.array(class_colour(segment["id"]))
+  picture = Image.fromarray(np.round(canvas).astype(np.uint8))
+  if scale != 1:
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+  draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+  for segment in segments_info:
+    ys, xs = np.nonzero(png_ids == segment["id"])
+    if not len(ys):
+      continue
+    k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+    x, y = int(xs[k]) * scale, int(ys[k]) * scale
+    text = names[segment["category_id"]]
+    left, top, right, bottom = draw.textbbox((x, y), text, font=font, anchor="mm")
+    colour = class_colour(segment["id"])
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=colour)
+    draw.text((x, y), text, fill=ink(colour), font=font, anchor="mm")
+  return picture
+
+
+def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold: float) -> str:
+  """Writes <stem>.png, <stem>.json (and <stem>_panoptic.png); returns the printed summary line."""
+  stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+  scale = display_scale(image.shape[:2])
+  draw_detections(image, result["boxes"], result["labels"], result["scores"], names, threshold,
+                  masks=result.get("masks"), scale=scale).save(stem + ".png")
+  record = to_json(path, image.shape[:2], result, names)
+  line = f"{path}: {len(record['detections'])} detections"
+  if "panoptic" in result:
+    pan = result["panoptic"]
+    draw_panoptic(image, pan["png_ids"], pan["segments_info"], names, scale).save(stem + "_panoptic.png")
+    line += f", {len(pan['segments_info'])} panoptic segments"
+  with open(stem + ".json", "w") as f:
+    json.dump(record, f, indent=1)
+  return f"{line} -> {stem}.png"
+
+
+def check_stems(paths) -> None:
+  """Two images with the same file stem would overwrite each other's outputs."""
+  seen = {}
+  for path in paths:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in seen:
+      raise ValueError(f"{seen[stem]} and {path} would both write {stem}.png/.json; rename one")
+    seen[stem] = path
+
+
+def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int) -> None:
+  """Runs the checkpoint on every image of `paths` in batches and writes the outputs."""
+  check_stems(paths)
+  config, params = load_model(checkpoint)
+  if config.get("backbone_only", False):
+    raise ValueError(f"{checkpoint} is a backbone-only checkpoint, not a DETR model")
+  prep, names = preprocessing(config), class_names(config)
+  forward = make_forward(build_model(config.model, isolate_padding=True))
+  params = jax.device_put(params)
+  os.makedirs(out_dir, exist_ok=True)
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    images = [load_image(p) for p in chunk]
+    batch = prepare_batch(images, prep)
+    out = jax.device_get(forward(params, batch["images"], batch["mask"], batch["orig_size"]))
+    for i, (path, image) in enumerate(zip(chunk, images)):
+      result = image_results(out, i, batch["size"][i], batch["orig_size"][i], threshold, config)
+      print(write_outputs(path, image, result, names, out_dir, threshold), flush=True)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m detr_jax.predict", description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="model checkpoint directory (converted or training)")
+  parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything PIL reads)")
+  parser.add_argument("--out-dir", default="predictions", help="output directory (default: ./predictions)")
+  parser.add_argument("--threshold", type=float, default=0.7, help="keep detections with score >= this")
+  parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+  args = parser.parse_args(argv)
+  if args.batch_size < 1:
+    parser.error("--batch-size must be at least 1")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+  try:
+    predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size)
+  except Exception as e:  # CLI boundary: one clear line, never a traceback
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

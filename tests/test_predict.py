@@ -1,0 +1,215 @@
+"""python -m detr_jax.predict on tiny filled checkpoints (detection, panoptic) and a trained synthetic one."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_jax import predict
+from detr_jax.checkpoints import save_model
+from detr_jax.coco_categories import DETECTION_NAMES, PANOPTIC_CATEGORIES, panoptic_names
+from detr_jax.config import dataset_config, model_config
+from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
+from detr_jax.fill import fill_v1
+from detr_jax.models import build_model
+from detr_jax.torch_io.convert import convert_official
+from detr_jax.torch_io.mapping import model_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(backbone="resnet18", hidden_dim=64, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
+            num_queries=8, dropout=0.0)
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def _filled_params(model_cfg, seed=0):
+  """Params as a converted official checkpoint holds them, from fill procedure v1."""
+  params, report = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(model_cfg)], seed), model_cfg)
+  assert report.ok
+  return params
+
+
+def _image(path, h, w, seed):
+  image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+  Image.fromarray(image).save(path)
+  return image
+
+
+def _predict(capsys, *argv):
+  code = predict.main([str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _load(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _reference(model_cfg, params, image, resized):
+  """scores, labels [Q] and xyxy boxes [Q, 4] (original pixels) of the official model run on the image
+  alone (no padding), computed here from scratch: PIL bilinear resize to `resized`, ImageNet normalisation."""
+  h, w = resized
+  pixels = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+  x = ((pixels / 255 - MEAN) / STD).astype(np.float32)[None]
+  out = jax.jit(build_model(model_cfg).apply)({"params": params}, x, np.zeros((1, h, w), bool))
+  logits = np.asarray(out["pred_logits"][0], np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = (probs / probs.sum(-1, keepdims=True))[..., :-1]
+  cx, cy, bw, bh = np.asarray(out["pred_boxes"][0], np.float64).T
+  oh, ow = image.shape[:2]
+  boxes = np.stack([(cx - bw / 2) * ow, (cy - bh / 2) * oh, (cx + bw / 2) * ow, (cy + bh / 2) * oh], axis=-1)
+  return probs.max(-1), probs.argmax(-1), boxes
+
+
+def _threshold_between(scores):
+  """A threshold in the widest gap of the middle of the sorted scores: about half are kept."""
+  s = np.sort(scores.ravel())
+  k = len(s) // 4 + int(np.argmax(np.diff(s[len(s) // 4:3 * len(s) // 4])))
+  assert s[k + 1] - s[k] > 1e-3
+  return float((s[k] + s[k + 1]) / 2)
+
+
+def test_converted_checkpoint_matches_the_model_on_each_image_alone(tmp_path, capsys):
+  """Official preprocessing (resize 800 / max 1333), padding that changes nothing, boxes, names, threshold."""
+  config = ml_collections.ConfigDict({"name": "tiny", "model": model_config(**TINY, num_classes=91)})
+  params = _filled_params(config.model)
+  save_model(str(tmp_path / "ckpt"), config, params)
+  images = [_image(tmp_path / "wide.png", 60, 80, 1), _image(tmp_path / "tall.jpg.png", 90, 50, 2)]
+  # 60x80 -> 800x1066, 90x50 -> 1333x741 (long side capped); the CLI pads both to the (1344, 1088) bucket.
+  scores, labels, boxes = (np.stack(r) for r in zip(*(_reference(config.model, params, image, resized)
+                                                     for image, resized in zip(images, [(800, 1066), (1333, 741)]))))
+  threshold = _threshold_between(scores)
+  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "ckpt", tmp_path / "wide.png",
+                            tmp_path / "tall.jpg.png", "--out-dir", tmp_path / "out", "--threshold", threshold,
+                            "--batch-size", 2)
+  assert code == 0, err
+  assert len(out.strip().splitlines()) == 2
+  total = 0
+  for i, (stem, image) in enumerate(zip(("wide", "tall.jpg"), images)):
+    record = _load(tmp_path / "out" / f"{stem}.json")
+    assert record["size"] == list(image.shape[:2])
+    kept = np.flatnonzero(scores[i] >= threshold)
+    kept = kept[np.argsort(-scores[i][kept])]
+    dets = record["detections"]
+    assert [d["label"] for d in dets] == labels[i][kept].tolist()
+    assert [d["name"] for d in dets] == [DETECTION_NAMES[label] for label in labels[i][kept]]
+    np.testing.assert_allclose([d["score"] for d in dets], scores[i][kept], atol=1e-4)
+    np.testing.assert_allclose(np.array([d["box_xyxy"] for d in dets]).reshape(-1, 4), boxes[i][kept], atol=1e-2)
+    total += len(dets)
+    with Image.open(tmp_path / "out" / f"{stem}.png") as picture:
+      scale = 400 // max(image.shape[:2])  # small images are drawn enlarged
+      assert picture.size == (image.shape[1] * scale, image.shape[0] * scale)
+  assert 0 < total < scores.size  # the threshold kept some and dropped some
+
+
+def test_default_preprocessing_and_buckets():
+  converted = ml_collections.ConfigDict({"model": model_config()})
+  prep = predict.preprocessing(converted)
+  assert prep == (True, 800, 1333, (640, 800, 1088, 1344))
+  batch = predict.prepare_batch([np.zeros((480, 640, 3), np.uint8)], prep)
+  assert batch["images"].shape == (1, 800, 1088, 3) and batch["size"].tolist() == [[800, 1066]]
+  assert batch["orig_size"].tolist() == [[480, 640]] and batch["mask"][0, :800, 1066:].all()
+  synthetic = ml_collections.ConfigDict({"model": model_config(), "dataset": dataset_config(
+      name="synthetic", augment=False, bucket_sides=(64,))})
+  prep = predict.preprocessing(synthetic)
+  batch = predict.prepare_batch([np.zeros((70, 64, 3), np.uint8)], prep)  # no resize; beyond the largest bucket
+  assert batch["images"].shape == (1, 128, 64, 3) and batch["size"].tolist() == [[70, 64]]
+
+
+def test_panoptic_model_writes_segments(tmp_path, capsys):
+  """A 250-class mask model whose class head favours cat (thing) and tree-merged (stuff)."""
+  config = ml_collections.ConfigDict({
+      "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),  # GroupNorm(8) of d/16
+      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(64, 128, 192))})
+  params = _filled_params(config.model, seed=3)
+  head = params["detr"]["class_embed"]
+  head["bias"][[17, 184]] += 30.0
+  head["kernel"][:, [17, 184]] *= 30.0
+  save_model(str(tmp_path / "ckpt"), config, params)
+  image = _image(tmp_path / "scene.png", 75, 100, 4)
+  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "ckpt", tmp_path / "scene.png", "--out-dir",
+                            tmp_path, "--threshold", 0.5)
+  assert code == 0, err
+  assert "panoptic segments" in out
+  record = _load(tmp_path / "scene.json")
+  segments = record["segments_info"]
+  names = {s["name"] for s in segments}
+  assert names <= {"cat", "tree-merged"} and len(names) == 2, segments
+  assert sum(s["area"] for s in segments) == 75 * 100  # every pixel belongs to one segment
+  assert all(s["isthing"] == (s["category_id"] == 17) for s in segments)
+  assert len([s for s in segments if not s["isthing"]]) == 1  # stuff of one class is merged
+  assert {d["name"] for d in record["detections"]} <= {"cat", "tree-merged"} and record["detections"]
+  with Image.open(tmp_path / "scene_panoptic.png") as picture:
+    pixels = np.asarray(picture.convert("RGB"))
+  assert pixels.shape == (75 * 4, 100 * 4, 3)
+  assert not np.array_equal(pixels[::4, ::4], image)  # segment colours blended in
+
+
+def test_masks_of_a_padded_input_line_up_with_the_image():
+  """A 96x128 image padded to 128x128 (masks 32x32 at stride 4): query 0 owns the image's top half."""
+  config = ml_collections.ConfigDict({"model": model_config(num_classes=250, masks=True)})
+  logits = np.zeros((1, 2, 251), np.float32)
+  logits[0, 0, 17] = logits[0, 1, 184] = 20.0
+  masks = np.full((1, 2, 32, 32), -10.0, np.float32)
+  masks[0, 0, :12], masks[0, 1, 12:] = 10.0, 10.0  # rows 0..47 of the 96 image rows: its top half
+  out = {"pred_logits": logits, "pred_masks": masks, "pred_boxes": np.zeros((1, 2, 4), np.float32),
+         "scores": np.ones((1, 2), np.float32), "labels": np.array([[17, 184]]), "boxes": np.zeros((1, 2, 4))}
+  result = predict.image_results(out, 0, (96, 128), (75, 100), 0.5, config)
+  areas = {s["category_id"]: s["area"] for s in result["panoptic"]["segments_info"]}
+  assert abs(areas[17] / (75 * 100) - 0.5) < 0.02 and areas[17] + areas[184] == 75 * 100
+  assert abs(result["masks"][0].mean() - 0.5) < 0.02 and abs(result["masks"][1].mean() - 0.5) < 0.02
+
+
+def test_trained_synthetic_checkpoint_names_synthetic_classes(tmp_path, capsys):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(tmp_path / "w"),
+       "--config.total_steps=2", "--config.model.hidden_dim=32", "--config.model.dim_feedforward=64",
+       "--config.model.enc_layers=1", "--config.model.dec_layers=1", "--config.model.num_queries=6",
+       "--config.dataset.image_size=(64, 64)", "--config.dataset.bucket_sides=(64,)",
+       "--config.dataset.num_val=4", "--config.global_batch_size=4", "--config.num_pictures=0",
+       "--config.progress=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  image = SyntheticShapes(1, image_size=(64, 64), split="val")[0]["image"]
+  Image.fromarray(image).save(tmp_path / "shapes.png")
+  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "w" / "checkpoints" / "2", tmp_path / "shapes.png",
+                            "--out-dir", tmp_path / "out", "--threshold", 0)
+  assert code == 0, err
+  dets = _load(tmp_path / "out" / "shapes.json")["detections"]
+  assert len(dets) == 6  # threshold 0: every query
+  assert all(d["name"] == CLASS_NAMES[d["label"]] for d in dets)
+
+
+def test_coco_category_tables():
+  assert len(DETECTION_NAMES) == 91 and DETECTION_NAMES.count("N/A") == 11
+  assert len(PANOPTIC_CATEGORIES) == 133 and sum(thing for _, _, thing in PANOPTIC_CATEGORIES) == 80
+  things = {i: name for i, name, thing in PANOPTIC_CATEGORIES if thing}
+  assert things == {i: name for i, name in enumerate(DETECTION_NAMES) if name != "N/A"}
+  assert all(i > 90 for i, _, thing in PANOPTIC_CATEGORIES if not thing)
+  names = panoptic_names()
+  assert len(names) == 250 and names[1] == "person" and names[200] == "rug-merged" and names[12] == "N/A"
+
+
+@pytest.mark.parametrize("case", ["missing checkpoint", "unreadable image", "same stem"])
+def test_errors_are_one_line_and_exit_1(case, tmp_path, capsys):
+  config = ml_collections.ConfigDict({"model": model_config(**TINY)})
+  ckpt = tmp_path / "ckpt"
+  if case != "missing checkpoint":
+    save_model(str(ckpt), config, _filled_params(config.model))
+  (tmp_path / "a").mkdir()
+  _image(tmp_path / "a" / "x.png", 8, 8, 0)
+  (tmp_path / "bad.png").write_bytes(b"not an image")
+  images = {"missing checkpoint": ["a/x.png"], "unreadable image": ["bad.png"], "same stem": ["a/x.png", "x.png"]}
+  code, out, err = _predict(capsys, "--checkpoint", ckpt, *[tmp_path / p for p in images[case]], "--out-dir",
+                            tmp_path / "out")
+  assert code == 1 and out == ""
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ")
+  expected = {"missing checkpoint": "not a detr-jax model checkpoint", "unreadable image": "cannot read image",
+              "same stem": "would both write x.png"}
+  assert expected[case] in lines[0] and str(tmp_path) in lines[0]
