@@ -26,12 +26,13 @@ def main():
   parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--isolate-padding", action="store_true", help="the batch-invariant model (see ResNet)")
   args = parser.parse_args()
 
   cfg = variant_config(args.model).model
   params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)
   params = jax.device_put(params)
-  model = build_model(cfg)
+  model = build_model(cfg, isolate_padding=args.isolate_padding)
   h, w = args.size
   images = jax.device_put(np.random.default_rng(0).normal(size=(args.batch, h, w, 3)).astype(np.float32))
   mask = jax.device_put(np.zeros((args.batch, h, w), bool))
@@ -48,6 +49,7 @@ def main():
     times.append(time.perf_counter() - start)
     print(f"rep {i + 1}/{args.reps}: {times[-1]:.3f} s", flush=True)
   print(json.dumps({"model": args.model, "size": [h, w], "batch": args.batch, "reps": args.reps,
+                    "isolate_padding": args.isolate_padding,
                     "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
                     "compile_s": round(compile_s, 2), "jax": jax.__version__,
                     "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}))
