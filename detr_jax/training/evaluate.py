@@ -47,8 +47,9 @@ def _mask_results(out, batch, dataset, segm: bool, panoptic: bool):
                              padded_size=batch["images"].shape[1:3])
     segm_results = [{"image_id": i, "rles": encode_masks(m)} for i, m in zip(ids, masks)]
   if panoptic:
+    is_thing = {c: dataset.is_thing.get(c, False) for c in range(out["pred_logits"].shape[-1])}
     results = postprocess_panoptic(out["pred_logits"][real], out["pred_masks"][real], None, batch["size"][real],
-                                   batch["orig_size"][real], is_thing_map=dataset.is_thing)
+                                   batch["orig_size"][real], is_thing_map=is_thing)
     panoptic_results = [{"image_id": i, **r} for i, r in zip(ids, results)]
   return segm_results, panoptic_results
 
