@@ -13,13 +13,10 @@ batches prepared while the workers started are not counted. --step-seconds S (a 
 same --batch, see benchmarks/train_step.py) compares the pipeline's rate with what training needs.
 """
 import argparse
-import gc
 import json
 import os
 import tempfile
 import time
-
-from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
 
 from detr_jax.config import dataset_config, training_config
 from detr_jax.data import fake_coco
@@ -28,15 +25,6 @@ from detr_jax.data.pipeline import Batches, StreamPlan, default_workers
 from detr_jax.data.transforms import Augment
 
 PREFETCH = 2  # Batches' default prefetch (per worker buffer and per read-thread pool)
-
-
-def release(it) -> None:
-  """Stops grain's workers and frees the batches' shared memory before the next run (and exit)."""
-  it._iterator.close()  # grain's DataLoaderIterator has no close(); its dataset iterator has
-  gc.collect()  # batches from workers live in shared memory that their arrays' __del__ unlinks...
-  pool = SharedMemoryArray._del_thread_pool  # ...on grain's one-thread pool: wait for it to drain
-  if pool is not None:
-    pool.apply(lambda: None)  # FIFO: returns once the queued unlinks ran
 
 
 def measure(dataset, args, workers: int, threads: int) -> dict:
@@ -51,7 +39,7 @@ def measure(dataset, args, workers: int, threads: int) -> dict:
     times.append(time.perf_counter())
     shapes.append(batch["images"].shape[1:3])
   del batch
-  release(it)
+  loader.close()
   seconds = (times[-1] - times[warmup - 1]) / args.batches
   hs, ws = zip(*shapes[warmup:])
   return {"workers": f"default={resolved}" if workers < 0 else str(workers), "threads": threads,

@@ -10,11 +10,13 @@ Padding: all images of a global batch share one padded shape, each side the smal
 `bucket_sides` that fits the batch's largest planned image; the few resulting shapes each compile
 once.
 """
+import gc
 import json
 import os
 
 import grain.python as grain
 from absl import flags
+from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
 import numpy as np
 
 from detr_jax.data import transforms
@@ -161,3 +163,17 @@ class Batches:
 
   def restore(self, state: dict) -> None:
     iter(self).set_state(json.dumps(state).encode())
+
+  def close(self) -> None:
+    """Stops the workers and frees the shared memory of batches they prepared ahead.
+
+    grain 0.2 has no public way to do this: its loader iterator wraps a dataset iterator that
+    can be closed, and worker batches are unlinked by a one-thread pool that must drain first.
+    """
+    if self._iterator is None:
+      return
+    self._iterator._iterator.close()
+    self._iterator = None
+    gc.collect()  # drops the prefetched batches, queueing their unlinks
+    if SharedMemoryArray._del_thread_pool is not None:
+      SharedMemoryArray._del_thread_pool.apply(lambda: None)  # FIFO: returns once they ran

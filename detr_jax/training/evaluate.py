@@ -84,7 +84,8 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
   segm = masks and not panoptic and bool(config.dataset.get("masks"))
   plan = stream_plan(config, dataset, train=False)
   outputs, segm_results, panoptic_results = [], [], []
-  for batch in batches(config, plan, with_masks=False):
+  loader = batches(config, plan, with_masks=False)
+  for batch in loader:
     out = p_eval(params_repl, steps.shard({k: batch[k] for k in ("images", "mask", "orig_size")},
                                           jax.local_device_count()))
     out = {k: v.reshape(-1, *v.shape[2:]) for k, v in jax.device_get(out).items()}
@@ -94,6 +95,7 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
       s, p = _mask_results(out, batch, dataset, segm, panoptic)
       segm_results += s
       panoptic_results += p
+  loader.close()
   boxes = _gather_boxes({k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, plan.global_batch)
 
   if segm or panoptic:

@@ -157,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, os.path.join(workdir, "eval"))
       log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
   bar.close()
+  loader.close()
   final_state = steps.unreplicate(state_repl)
   if ckpt.latest_step() != int(final_state.step):
     ckpt.save(final_state, config, {"next_step": int(final_state.step), "grain": loader.state()})
