@@ -29,6 +29,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def initialize_jax(config) -> None:
   """Multi-host setup (before any other jax call) and the persistent compilation cache."""
   import jax
+  import orbax.checkpoint  # noqa: F401 (defines the flag below)
+  # orbax's default barrier is a device collective; run from its async-save thread it can
+  # interleave differently with the train step's collectives on different hosts and deadlock.
+  FLAGS.experimental_orbax_use_distributed_barrier = True
   if FLAGS.coordinator_address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs (tests); else unused
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

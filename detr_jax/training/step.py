@@ -78,4 +78,6 @@ def replicate(tree, num_devices: int):
 
 
 def unreplicate(tree):
-  return jax.tree_util.tree_map(lambda x: x[0], tree)
+  """The first local device's copy, on the host. (Indexing the pmapped array instead would run a
+  computation, which with several processes may wait on the others: a deadlock.)"""
+  return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
