@@ -183,6 +183,11 @@ def test_panoptic_masks_boxes_crowd_and_ids(tmp_path):
   # inclusive max pixel: the 1-pixel-wide segment has width 0; the full-width one ends at w - 1
   np.testing.assert_array_equal(e["boxes"], [[2, 1, 2, 3], [0, 0, 7, 5], [5, 4, 6, 5]])
   assert ds.num_classes == 185 and not ds.is_thing[184]
+  del segments[0]["area"]
+  (tmp_path / "pan.json").write_text(json.dumps(data))
+  with pytest.raises(ValueError, match=r"pan.json: image_id 42: segment: missing key\(s\) \['area'\]"):
+    CocoPanoptic(str(tmp_path / "img"), str(tmp_path / "png"), str(tmp_path / "pan.json"))
+  segments[0]["area"] = 3
   segments.append({"id": 99, "category_id": 1, "iscrowd": 0, "area": 1, "bbox": [0, 0, 1, 1]})
   (tmp_path / "pan.json").write_text(json.dumps(data))
   with pytest.raises(ValueError, match=r"segment id 99 is listed .* but has no pixels"):

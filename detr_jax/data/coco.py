@@ -161,6 +161,12 @@ class CocoPanoptic:
     for key in ("images", "annotations", "categories"):
       if key not in data:
         raise ValueError(f"{ann_file}: missing top-level key {key!r} (is it a COCO panoptic file?)")
+    for img in data["images"]:
+      _require(img, ("id", "height", "width"), f"{ann_file}: image")
+    for ann in data["annotations"]:
+      _require(ann, ("image_id", "file_name", "segments_info"), f"{ann_file}: annotation")
+      for segment in ann["segments_info"]:
+        _require(segment, ("id", "category_id", "area"), f"{ann_file}: image_id {ann['image_id']}: segment")
     self.images = sorted(data["images"], key=lambda img: img["id"])
     by_image = {a["image_id"]: a for a in data["annotations"]}
     missing = [img["id"] for img in self.images if img["id"] not in by_image]
