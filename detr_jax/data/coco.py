@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from detr_jax.evaluation.coco import coco_from_json, _coco
+from detr_jax.evaluation.coco import coco_from_dict, coco_from_json
 from detr_jax.postprocess import rgb2id
 
 
@@ -189,7 +189,7 @@ class CocoPanoptic:
     segments = [(a["image_id"], s) for a in self.annotations for s in a["segments_info"]]
     annotations = [{"id": k + 1, "image_id": image_id, "category_id": s["category_id"], "bbox": s["bbox"],
                     "area": s["area"], "iscrowd": s.get("iscrowd", 0)} for k, (image_id, s) in enumerate(segments)]
-    return _coco({"images": self.images, "annotations": annotations, "categories": self.categories})
+    return coco_from_dict({"images": self.images, "annotations": annotations, "categories": self.categories})
 
   def __getitem__(self, i: int) -> dict:
     info, ann = self.images[i], self.annotations[i]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from detr_jax.data.coco import class_names_of, masks_to_boxes
 from detr_jax.coco_categories import PANOPTIC_CATEGORIES
-from detr_jax.evaluation.coco import _coco
+from detr_jax.evaluation.coco import coco_from_dict
 from detr_jax.postprocess import rgb2id
 
 THINGS = tuple((i, name) for i, name, isthing in PANOPTIC_CATEGORIES if isthing)  # = the detection categories
@@ -135,7 +135,7 @@ class TfdsCoco:
         annotations.append({"id": len(annotations) + 1, "image_id": images[-1]["id"],
                             "category_id": int(self._label_ids[label]), "bbox": [x0, y0, x1 - x0, y1 - y0],
                             "area": float(area), "iscrowd": int(crowd)})
-    return _coco({"images": images, "annotations": annotations, "categories": self.categories})
+    return coco_from_dict({"images": images, "annotations": annotations, "categories": self.categories})
 
   def __getitem__(self, i: int) -> dict:
     """The untransformed example of record i (see `detr_jax.data.transforms`).

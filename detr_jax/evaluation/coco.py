@@ -10,7 +10,8 @@ from pycocotools.cocoeval import COCOeval
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _coco(dataset):
+def coco_from_dict(dataset):
+  """A pycocotools COCO of a dataset dict ({"images", "annotations", "categories"}), built quietly."""
   coco = COCO()
   coco.dataset = dataset
   with contextlib.redirect_stdout(io.StringIO()):
@@ -60,7 +61,7 @@ def coco_from_examples(examples, class_names=None):
   else:
     class_names = dict(enumerate(class_names))
   categories = [{"id": i, "name": name} for i, name in sorted(class_names.items())]
-  return _coco({"images": images, "annotations": annotations, "categories": categories})
+  return coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
 
 
 class CocoEvaluator:
@@ -144,7 +145,7 @@ class CocoEvaluator:
                      if a["image_id"] in self.image_ids and "segmentation" not in a]
       if unsegmented:
         raise ValueError(f"segm AP needs ground-truth segmentations; annotation ids {unsegmented[:5]} have none")
-    dt = _coco({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
+    dt = coco_from_dict({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
                 "annotations": self.detections[iou_type]})
     coco_eval = COCOeval(gt, dt, iou_type)
     coco_eval.params.imgIds = sorted(self.image_ids)
