@@ -12,13 +12,36 @@ def class_colour(label):
   return PALETTE[int(label) % len(PALETTE)]
 
 
+def outline_corners(box, size, line_width=1):
+  """ImageDraw rectangle corners (x0, y0, x1, y1), ints with the last pixel inclusive, of an xyxy box
+  [4] in picture pixels (end exclusive), for a picture of `size` (width, height); None when the box
+  is not finite or lies outside the picture.
+
+  Any box is drawable: the corners are ordered, a box thinner than a pixel (a 1-pixel-wide
+  segment's box, x0 == x1) is drawn one pixel wide, and corners beyond the picture are clipped to
+  just outside it, where an outline `line_width` wide stays invisible.
+  """
+  box = np.asarray(box, np.float64)
+  if not np.isfinite(box).all():
+    return None
+  (x0, x1), (y0, y1) = np.sort(box[0::2]), np.sort(box[1::2])
+  first = np.floor([x0, y0])
+  last = np.maximum(first, np.ceil([x1, y1]) - 1)
+  if (last < 0).any() or (first > np.subtract(size, 1)).any():
+    return None
+  low, high = -line_width, np.add(size, line_width - 1)
+  return tuple(int(v) for v in np.concatenate([np.clip(first, low, high), np.clip(last, low, high)]))
+
+
 def draw_detections(image, boxes, labels, scores=None, class_names=None, threshold=0.5, masks=None,
                     scale=1, mask_alpha=0.45):
   """Returns a PIL RGB image with the detections drawn.
 
   image uint8 [H, W, 3]; boxes [K, 4] xyxy pixels; labels [K]; scores [K] or None (ground truth:
   all drawn, no score in the text); masks bool [K, H, W] or None (alpha overlay); detections with
-  score < threshold are skipped. scale: integer upsampling (nearest) so text stays readable.
+  score < threshold (or a NaN score) are skipped. scale: integer upsampling (nearest) so text stays
+  readable. Any box is accepted (see `outline_corners`): empty, reversed or partly outside boxes
+  are drawn, non-finite or fully outside ones are not.
   """
   image = np.asarray(image, np.uint8)
   boxes, labels = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels).reshape(-1)
@@ -31,19 +54,24 @@ def draw_detections(image, boxes, labels, scores=None, class_names=None, thresho
   picture = Image.fromarray(image).convert("RGB")
   if scale != 1:
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-  draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+  draw, font, line_width = ImageDraw.Draw(picture), ImageFont.load_default(), max(1, scale)
   for k in np.nonzero(keep)[0]:
+    corners = outline_corners(boxes[k] * scale, picture.size, line_width)
+    if corners is None:
+      continue
     colour = class_colour(labels[k])
-    x0, y0, x1, y1 = (boxes[k] * scale).tolist()
-    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=max(1, scale))
+    draw.rectangle(corners, outline=colour, width=line_width)
     name = class_names[labels[k]] if class_names is not None else str(labels[k])
     text = name if scores is None else f"{name} {float(scores[k]):.2f}"
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left + 4, bottom - top + 4
-    ty = y0 - th if y0 >= th else y0  # above the box, or inside it at the top edge
-    draw.rectangle((x0, ty, x0 + tw, ty + th), fill=colour)
+    x0, y0 = corners[:2]
+    tx = min(max(x0, 0), max(picture.width - tw, 0))  # at the box's left edge, inside the picture
+    ty = y0 - th if y0 >= th else max(y0, 0)  # above the box, or inside it at the top edge
+    ty = min(ty, max(picture.height - th, 0))
+    draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
     ink = (0, 0, 0) if sum(c * w for c, w in zip(colour, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
-    draw.text((x0 + 2 - left, ty + 2 - top), text, fill=ink, font=font)
+    draw.text((tx + 2 - left, ty + 2 - top), text, fill=ink, font=font)
   return picture
 
 
