@@ -19,6 +19,9 @@ import scipy.optimize
 from detr_jax.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 
 BACKENDS = ("scipy", "optax")
+# Both backends replace a non-finite cost (NaN/inf predictions: a diverged model) by this value, so
+# that they always return a full assignment; the train step reports the non-finite predictions.
+NONFINITE_COST = 1e6
 
 
 def matching_cost(logits, boxes, labels, tgt_boxes, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
@@ -51,10 +54,7 @@ def _assign_scipy(cost, valid):
       if cols.size > num_queries:
         raise ValueError(f"matcher: image {b} has {cols.size} targets but there are only {num_queries} queries")
       for layer in range(num_layers):
-        sub = flat_cost[n, layer, b][:, cols]
-        if not np.isfinite(sub).all():
-          raise ValueError(f"matcher: non-finite matching cost in decoder layer {layer} of {num_layers}, image {b} "
-                           "(NaN/inf predicted boxes or logits, or degenerate boxes)")
+        sub = np.where(np.isfinite(flat_cost[n, layer, b][:, cols]), flat_cost[n, layer, b][:, cols], NONFINITE_COST)
         rows, tgt = scipy.optimize.linear_sum_assignment(sub)
         flat_result[n, layer, b, cols[tgt]] = rows
   return result
@@ -65,13 +65,12 @@ def _assign_optax(cost, valid):
 
   Targets are the rows; padded target rows cost 0 for every query, so they take the queries left
   over by the valid rows and do not change which assignments of the valid rows are optimal.
-  Non-finite costs are replaced by a large finite value so the solver always terminates.
   """
   num_layers, batch, num_queries, slots = cost.shape
   if slots > num_queries:
     raise ValueError(f"matcher backend 'optax' needs max_objects ({slots}) <= num_queries ({num_queries})")
   rows = jnp.swapaxes(cost, -1, -2)
-  rows = jnp.where(jnp.isfinite(rows), rows, 1e6)
+  rows = jnp.where(jnp.isfinite(rows), rows, NONFINITE_COST)
   rows = jnp.where(valid[None, :, :, None], rows, 0.0).reshape((-1, slots, num_queries))
   tgt, query = jax.vmap(optax.assignment.hungarian_algorithm)(rows)
   result = jnp.zeros(rows.shape[:2], jnp.int32)

@@ -144,14 +144,16 @@ def test_unknown_backend_raises():
     assign(np.zeros((1, 1, 2, 2), np.float32), np.ones((1, 2), bool), "hungarian")
 
 
-def test_nan_boxes_give_a_clear_error():
+def test_nan_boxes_still_give_a_full_assignment_with_both_backends():
+  """A diverged model's NaN boxes never crash or hang the matcher (the train step reports them)."""
   logits, boxes, targets = _random_problem(np.random.default_rng(4))
   boxes[1, 2, 5] = np.nan
-  with pytest.raises(Exception, match="non-finite matching cost in decoder layer 1 of 2, image 2"):
-    jax.block_until_ready(jax.jit(match)(logits, boxes, targets))
-  # the optax backend cannot raise in-graph but must terminate with a full assignment
-  ours = np.asarray(match(logits, boxes, targets, backend="optax"))
-  np.testing.assert_array_equal(ours >= 0, np.broadcast_to(targets["valid"], ours.shape))
+  for backend in BACKENDS:
+    ours = np.asarray(jax.jit(lambda l, b, t: match(l, b, t, backend=backend))(logits, boxes, targets))
+    np.testing.assert_array_equal(ours >= 0, np.broadcast_to(targets["valid"], ours.shape), err_msg=backend)
+    for layer in ours:  # each image: distinct queries
+      for row, valid in zip(layer, targets["valid"]):
+        assert len(set(row[valid].tolist())) == int(valid.sum()), backend
 
 
 def test_nan_in_padded_target_slots_is_ignored():

@@ -94,16 +94,116 @@ def test_init_from_imagenet_backbone(tmp_path):
   np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])
 
 
-def test_divergence_stops_cleanly_and_names_the_last_good_checkpoint(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir",
-                           str(tmp_path), *TINY, "--config.total_steps=6", "--config.checkpoint_every=1",
-                           "--config.lr=1e30", "--config.lr_backbone=1e30"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def _run(workdir, devices, *extra):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(workdir),
+                         *TINY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _params_finite(step_dir):
+  import jax
+  from detr_jax import checkpoints
+  _, params = checkpoints.load_model(str(step_dir))
+  return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+@pytest.mark.parametrize("backend", ["scipy", "optax"])
+def test_divergence_never_writes_a_non_finite_checkpoint(tmp_path, backend):
+  """Absurd lr, metrics only every 6 steps, a checkpoint every step: the run stops at the first
+  non-finite step and every checkpoint it kept, including the one the message names, is finite."""
+  result = _run(tmp_path, 1, "--config.total_steps=12", "--config.checkpoint_every=1", "--config.log_every=6",
+                "--config.lr=1e30", "--config.lr_backbone=1e30", f"--config.loss.matcher_backend={backend}",
+                "--config.max_objects=6")
   assert result.returncode == 1, result.stdout + result.stderr
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and "training stopped, the last good checkpoint is step" in last
+  assert last.startswith("error: non-finite predictions, loss or updates (NaN/inf) at step "), last
+  assert "training stopped, the last good checkpoint is step" in last
+  named = int(last.split("the last good checkpoint is step ")[1].split()[0])
+  bad = int(last.split(" at step ")[1].split(";")[0])
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept and kept[-1] == named == bad - 1
+  for step in kept:
+    assert _params_finite(tmp_path / "checkpoints" / str(step)), step
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """10 steps with dropout, the reference for the extended, damaged and interrupted runs."""
+  workdir = tmp_path_factory.mktemp("straight")
+  _train(workdir, 1, *RESUMABLE, "--config.total_steps=10")
+  return _losses(workdir)
+
+
+RESUMABLE = ["--config.model.dropout=0.1", "--config.checkpoint_every=2"]
+
+
+def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, straight_run):
+  """5 steps, extended to 7 (from the final checkpoint, not a multiple of checkpoint_every), then
+  the latest checkpoint is cut short and the run extended to 10 with a different model setting on
+  the command line: the damaged checkpoint is moved aside, the run resumes from the one before
+  with the checkpoint's own model, and the losses are those of a straight 10-step run, bit for bit."""
+  workdir = tmp_path / "run"
+  _train(workdir, 1, *RESUMABLE, "--config.total_steps=5")
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "5"]
+  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=7")
+  assert "resumed from" in result.stdout and "/checkpoints/5" in result.stdout
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["5", "6", "7"]
+  biggest = max((os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "7" / "params") for f in fs),
+                key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10", "--config.model.dim_feedforward=128")
+  err = result.stderr.splitlines()
+  damaged = [line for line in err if "is damaged" in line]
+  assert len(damaged) == 1 and f"{workdir}/checkpoints/7 is damaged" in damaged[0], result.stderr
+  assert f"moved to {workdir}/damaged_checkpoints/7" in damaged[0]
+  assert (workdir / "damaged_checkpoints" / "7" / "params").is_dir()  # kept, not deleted
+  assert [line for line in err if line.startswith("warning: model.")] == [
+      f"warning: model.dim_feedforward is 128 here but 64 in {workdir}/checkpoints/6; using the checkpoint's"]
+  assert "Traceback" not in result.stderr
+  ours = _losses(workdir)
+  assert sorted(ours) == list(range(1, 11))
+  np.testing.assert_array_equal([ours[s] for s in range(1, 11)], [straight_run[s] for s in range(1, 11)])
+
+  # --mode eval: the damaged latest is set aside the same way; only the val settings are needed
+  os.remove(workdir / "checkpoints" / "10" / "config" / "metadata")
+  result = _run(workdir, 1, "--mode", "eval", "--config.model.hidden_dim=16")
+  assert result.returncode == 0, result.stderr
+  assert f"{workdir}/checkpoints/10 is damaged (config/metadata is missing)" in result.stderr
+  assert "Traceback" not in result.stderr and "Event loop" not in result.stderr
+  assert result.stdout.strip().splitlines()[-1].startswith("eval: AP")
+  # none usable: one clear line
+  for step in os.listdir(workdir / "checkpoints"):
+    if step.isdigit():
+      with open(workdir / "checkpoints" / step / "files.json", "w") as f:
+        f.write("{\"gone\": 1}")
+  result = _run(workdir, 1, "--mode", "eval")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: no usable checkpoint in {workdir}/checkpoints")
+
+
+def test_sigterm_saves_and_exits_0_and_the_restart_continues_exactly(tmp_path, straight_run):
+  workdir = tmp_path / "run"
+  proc = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10", wait=False)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while proc.poll() is None and time.time() < deadline:
+    if metrics.exists() and '{"step": 3,' in metrics.read_text():
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0].decode()
+  assert proc.returncode == 0, out
+  stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM after step")]
+  assert len(stopped) == 1, out
+  step = int(stopped[0].split("after step ")[1].split(";")[0])
+  assert 3 <= step < 10 and f"checkpoint saved in {workdir}/checkpoints/{step}" in stopped[0]
+  assert str(step) in os.listdir(workdir / "checkpoints")
+  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10")
+  assert f"resumed from {workdir}/checkpoints/{step}" in result.stdout
+  ours = _losses(workdir)
+  np.testing.assert_array_equal([ours[s] for s in range(1, 11)], [straight_run[s] for s in range(1, 11)])
 
 
 def _free_port():

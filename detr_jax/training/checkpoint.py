@@ -1,42 +1,127 @@
 """Training checkpoints: WORKDIR/checkpoints/<step>/ written atomically and asynchronously by orbax.
 
 Each step directory holds `params` and `config` (so `detr_jax.checkpoints.load_model` reads it
-like a converted checkpoint), plus `opt_state`, `meta` (step and PRNG key) and `data` (the input
-iterator's state as JSON). Only complete checkpoints are ever restored.
+like a converted checkpoint; the config also carries the dataset's `class_names`), plus
+`opt_state`, `meta` (step and PRNG key) and `data` (the input iterator's state as JSON).
+
+Once orbax has finished a checkpoint, `files.json` records the size of every file in it, so a
+checkpoint later cut short or missing a file (a full disk, a killed copy) is recognised before
+anything reads it; `set_aside` moves such a checkpoint to WORKDIR/damaged_checkpoints/.
 """
+import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from detr_jax.training.state import TrainState
 
 ITEMS = ("params", "opt_state", "meta", "config", "data")
+FILE_LIST = "files.json"
+
+
+def _file_sizes(directory: str) -> dict:
+  """{path relative to `directory`: size in bytes} of every file below it, FILE_LIST excepted."""
+  sizes = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, directory)
+      if rel != FILE_LIST:
+        sizes[rel] = os.path.getsize(path)
+  return sizes
 
 
 class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3):
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")), item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True))
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True)
+    self.manager = self._new_manager()
+    self._unlisted = None  # step saved, its file list not yet written
+
+  def _new_manager(self):
+    return ocp.CheckpointManager(self.directory, item_names=ITEMS, options=self._options)
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, config: ml_collections.ConfigDict, data_state: dict) -> None:
-    """Starts writing `state` (host copy) in the background; returns at once."""
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, state: TrainState, config: dict, data_state: dict) -> None:
+    """Starts writing `state` (host copy), `config` (a JSON-able dict) and the data state in the
+    background; returns at once."""
+    self._list_files()  # of the previous save, which orbax finishes before starting this one
     state = jax.device_get(state)
     self.manager.save(int(state.step), args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.StandardSave({"step": np.asarray(state.step), "key": np.asarray(state.key)}),
-        config=ocp.args.JsonSave(config.to_dict()), data=ocp.args.JsonSave(data_state)))
+        config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state)))
+    self._unlisted = int(state.step)
+
+  def _list_files(self) -> None:
+    if self._unlisted is None:
+      return
+    self.manager.wait_until_finished()
+    step, self._unlisted = self._unlisted, None
+    directory = self.step_dir(step)
+    if jax.process_index() == 0 and os.path.isdir(directory):  # absent: already rotated out
+      tmp = os.path.join(directory, FILE_LIST + ".tmp")
+      with open(tmp, "w") as f:
+        json.dump(_file_sizes(directory), f)
+      os.replace(tmp, os.path.join(directory, FILE_LIST))
+
+  def damage(self, step: int) -> str | None:
+    """What is wrong with the files of checkpoint `step` (None: complete, or not verifiable
+    because it predates file lists)."""
+    directory = self.step_dir(step)
+    listed = os.path.join(directory, FILE_LIST)
+    if not os.path.exists(listed):
+      return None
+    with open(listed) as f:
+      try:
+        expected = json.load(f)
+      except json.JSONDecodeError:
+        return f"{FILE_LIST} is unreadable"
+    found = _file_sizes(directory)
+    for rel, size in sorted(expected.items()):
+      if rel not in found:
+        return f"{rel} is missing"
+      if found[rel] != size:
+        return f"{rel} has {found[rel]} bytes, {size} were written"
+    return None
+
+  def set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to WORKDIR/damaged_checkpoints/ (never deleted); returns where."""
+    aside = os.path.join(self.workdir, "damaged_checkpoints")
+    target, n = os.path.join(aside, str(step)), 1
+    while os.path.exists(target):
+      target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      os.replace(self.step_dir(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"set_aside {step}")
+    self.manager.close()
+    self.manager = self._new_manager()
+    return target
+
+  def saved_config(self, step: int) -> dict:
+    """The config dict saved with checkpoint `step`."""
+    with open(os.path.join(self.step_dir(step), "config", "metadata")) as f:
+      return json.load(f)
 
   def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
-    """(state, data iterator state) of `step` (default: the latest), shaped like `template`."""
+    """(state, data iterator state) of `step` (default: the latest), shaped like `template` (arrays
+    or jax.ShapeDtypeStructs)."""
     step = self.latest_step() if step is None else step
-    as_abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, jax.device_get(tree))
+    as_abstract = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(as_abstract(template.params)),
         opt_state=ocp.args.StandardRestore(as_abstract(template.opt_state)),
@@ -49,6 +134,8 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._list_files()
 
   def close(self) -> None:
+    self.wait()
     self.manager.close()

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from detr_jax import checkpoints
 from detr_jax.criterion import SetCriterion
+from detr_jax.errors import UserError
 from detr_jax.data import build_dataset, resolve_num_classes
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
@@ -19,12 +20,13 @@ from detr_jax.training.checkpoint import Checkpointer
 from detr_jax.training.evaluate import batches, evaluate, stream_plan
 from detr_jax.training.metrics_log import MetricsLog
 from detr_jax.training.optimizer import make_optimizer
+from detr_jax.training.preemption import StopSignals
 from detr_jax.training.state import TrainState
 from detr_jax.visualize import draw_detections, save_grid
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+class NonFiniteLossError(UserError):
+  """Training diverged: a step had NaN/inf predictions, loss or updates; nothing of it was saved."""
 
 
 def make_criterion(config) -> SetCriterion:
@@ -44,11 +46,15 @@ def eval_model(config):
   return build_model(config.model, isolate_padding=config.batch_invariant_eval)
 
 
+def dummy_inputs(config):
+  """(images [1, S, S, 3], mask [1, S, S]) of the smallest bucket, to initialise a model."""
+  h = w = min(config.dataset.bucket_sides)
+  return jnp.zeros((1, h, w, 3), jnp.float32), jnp.zeros((1, h, w), bool)
+
+
 def init_params(config, model, key):
   """Random initial parameters, optionally overwritten by `config.init_from`."""
-  h = w = min(config.dataset.bucket_sides)
-  dummy = jnp.zeros((1, h, w, 3), jnp.float32), jnp.zeros((1, h, w), bool)
-  params = jax.jit(lambda k: model.init(k, *dummy)["params"])(key)
+  params = jax.jit(lambda k: model.init(k, *dummy_inputs(config))["params"])(key)
   params = jax.device_get(params)
   if config.get("init_from"):
     params = load_initial_weights(config, params)
@@ -92,78 +98,153 @@ def write_pictures(pictures, class_names, path: str, threshold: float) -> None:
   save_grid(drawn, path, cols=4)
 
 
+def usable_checkpoint(ckpt: Checkpointer, purpose: str) -> int | None:
+  """The latest checkpoint step whose files are complete; damaged ones are moved aside, each
+  named on one line. None when there is no checkpoint; UserError when none is usable."""
+  damaged = []
+  for step in reversed(ckpt.all_steps()):
+    problem = ckpt.damage(step)
+    if problem is None:
+      return step
+    aside = ckpt.set_aside(step)
+    damaged.append(aside)
+    if jax.process_index() == 0:
+      print(f"checkpoint {ckpt.step_dir(step)} is damaged ({problem}); moved to {aside}", file=sys.stderr,
+            flush=True)
+  if damaged:
+    then = "run again to start from scratch" if purpose == "resume" else "nothing to evaluate"
+    raise UserError(f"no usable checkpoint in {ckpt.directory}: all {len(damaged)} were damaged and moved to "
+                    f"{os.path.dirname(damaged[0])}; {then}")
+  return None
+
+
+def adopt_checkpoint_model(config, saved: dict, source: str) -> None:
+  """Sets config.model to the model the checkpoint was made with; each setting of the command
+  line that differs is named on one line."""
+  current, theirs = config.model.to_dict(), saved["model"]
+  for key in sorted(set(current) | set(theirs)):
+    if key == "num_classes" and current.get(key, 0) <= 0:
+      continue  # "from the dataset": the checkpoint holds the resolved value
+    if current.get(key) != theirs.get(key) and jax.process_index() == 0:
+      print(f"warning: model.{key} is {current.get(key)!r} here but {theirs.get(key)!r} in {source}; "
+            f"using the checkpoint's", file=sys.stderr, flush=True)
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(theirs)
+
+
+def check_fresh_start(config) -> None:
+  if config.get("freeze_detr") and config.model.masks and not config.get("init_from"):
+    raise UserError("freeze_detr (panoptic stage 2) trains only the mask head: set init_from to the stage-1 "
+                    "box model's checkpoint")
+
+
+def check_model_fits_data(config) -> None:
+  if config.loss.matcher_backend == "optax" and config.max_objects > config.model.num_queries:
+    raise UserError(f"loss.matcher_backend 'optax' needs max_objects ({config.max_objects}) <= model.num_queries "
+                    f"({config.model.num_queries}); use the 'scipy' backend or fewer max_objects")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per `config` in `workdir`, resuming from its latest checkpoint; returns final eval."""
+  """Trains per `config` in `workdir`, resuming from its latest usable checkpoint; returns the final
+  eval stats ({} when stopped by a signal, after saving a checkpoint)."""
   os.makedirs(workdir, exist_ok=True)
   devices = jax.local_devices()
   main = jax.process_index() == 0
-  resolve_num_classes(config)
+  ckpt = Checkpointer(workdir)
+  resume_step = usable_checkpoint(ckpt, "resume")
+  if resume_step is None:
+    check_fresh_start(config)
+    resolve_num_classes(config)
+  else:
+    adopt_checkpoint_model(config, ckpt.saved_config(resume_step), ckpt.step_dir(resume_step))
+  check_model_fits_data(config)
   train_ds, val_ds = build_dataset(config, "train"), build_dataset(config, "val")
+  saved_config = {**config.to_dict(), "class_names": list(train_ds.class_names)}
   train_plan = stream_plan(config, train_ds, train=True)
   model = build_model(config.model)
   criterion = make_criterion(config)
   key = jax.random.PRNGKey(config.seed)
-  params = init_params(config, model, jax.random.fold_in(key, 0))
-  tx = make_optimizer(config, params)
-  state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
-  ckpt = Checkpointer(workdir)
-  log = MetricsLog(workdir, enabled=main)
   loader = batches(config, train_plan, with_masks=config.model.masks)
-  if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(state)
+  if resume_step is None:
+    params = init_params(config, model, jax.random.fold_in(key, 0))
+    tx = make_optimizer(config, params)
+    state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
+  else:
+    abstract = jax.eval_shape(lambda k: model.init(k, *dummy_inputs(config))["params"], key)
+    tx = make_optimizer(config, abstract)
+    template = jax.eval_shape(lambda p: TrainState.create(p, tx, key), abstract)
+    state, data_state = ckpt.restore(template, resume_step)
     loader.restore(data_state["grain"])
     if main:
-      print(f"resumed from {workdir}/checkpoints/{int(state.step)}", flush=True)
+      print(f"resumed from {ckpt.step_dir(resume_step)}", flush=True)
   start = int(state.step)
+  log = MetricsLog(workdir, enabled=main)
   log.truncate_after(start)
 
   p_train, p_eval = steps.pmapped_steps(model, criterion, tx, eval_model(config))
   state_repl = steps.replicate(state, len(devices))
-  last_good = ckpt.latest_step()
+  last_good, saved_step = resume_step, resume_step
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
              disable=not (config.progress and main))
   window_start, window_images = time.perf_counter(), 0
-  def stop(reason):
-    ckpt.wait()
-    kept = f"step {last_good} in {workdir}/checkpoints" if last_good else "none"
-    return NonFiniteLossError(f"{reason}; training stopped, the last good checkpoint is {kept}")
+  finiteness = []  # (step, its `finite` flag still on device): read only when something depends on it
 
-  for step, batch in zip(range(start, config.total_steps), loader):
-    if int(batch.pop("step")) != step:
-      raise ValueError(f"the input pipeline is at step {batch['step']}, the train state at {step}")
-    del batch["is_real"]
-    done = step + 1
-    try:
+  def check_finite():
+    """Raises NonFiniteLossError at the first step since the last check whose flag is false."""
+    flags = jax.device_get([flag for _, flag in finiteness])
+    bad = [step for (step, _), flag in zip(finiteness, flags) if not np.all(flag)]
+    finiteness.clear()
+    if bad:
+      ckpt.close()
+      loader.close()
+      kept = f"step {last_good} in {workdir}/checkpoints" if last_good is not None else "none"
+      raise NonFiniteLossError(f"non-finite predictions, loss or updates (NaN/inf) at step {bad[0]}; "
+                               f"training stopped, the last good checkpoint is {kept}")
+
+  def save(step):
+    nonlocal last_good, saved_step
+    check_finite()  # never write a diverged state
+    ckpt.save(steps.unreplicate(state_repl), saved_config, {"grain": loader.state()})
+    last_good = saved_step = step
+
+  done = start
+  with StopSignals() as signals:
+    for step, batch in zip(range(start, config.total_steps), loader):
+      batch_step = int(batch.pop("step"))
+      if batch_step != step:
+        raise RuntimeError(f"the input pipeline is at step {batch_step}, the train state at {step}")
+      del batch["is_real"]
+      done = step + 1
       state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
+      finiteness.append((done, metrics.pop("finite")))
+      window_images += config.global_batch_size
+      bar.update(1)
       if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
+        check_finite()
         metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-    except (jax.errors.JaxRuntimeError, ValueError) as e:  # the matcher refuses NaN/inf boxes
-      if "matcher:" not in str(e):
-        raise
-      raise stop(f"step {done}: " + str(e)[str(e).index("matcher:"):].splitlines()[0]) from None
-    window_images += config.global_batch_size
-    bar.update(1)
-    if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
-      if not np.isfinite(metrics["loss"]):
-        raise stop(f"non-finite loss ({metrics['loss']}) at step {done}")
-      images_per_s = window_images / (time.perf_counter() - window_start)
-      window_start, window_images = time.perf_counter(), 0
-      log.write({"step": done, **metrics, "images_per_s": images_per_s})
-      bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{images_per_s:.1f}")
-    if config.checkpoint_every and done % config.checkpoint_every == 0:
-      ckpt.save(steps.unreplicate(state_repl), config, {"next_step": done, "grain": loader.state()})
-      last_good = done
-    if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
-      stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, os.path.join(workdir, "eval"))
-      log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
-  bar.close()
-  loader.close()
-  final_state = steps.unreplicate(state_repl)
-  if ckpt.latest_step() != int(final_state.step):
-    ckpt.save(final_state, config, {"next_step": int(final_state.step), "grain": loader.state()})
-  ckpt.wait()
-  ckpt.close()
-  return _evaluate_and_draw(p_eval, state_repl.params, val_ds, config, workdir, int(final_state.step), log)
+        images_per_s = window_images / (time.perf_counter() - window_start)
+        window_start, window_images = time.perf_counter(), 0
+        log.write({"step": done, **metrics, "images_per_s": images_per_s})
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{images_per_s:.1f}")
+      if signals.stop_requested(done):
+        break
+      if config.checkpoint_every and done % config.checkpoint_every == 0:
+        save(done)
+      if config.eval_every and done % config.eval_every == 0 and done != config.total_steps:
+        check_finite()
+        stats, _ = evaluate(p_eval, state_repl.params, val_ds, config, os.path.join(workdir, "eval"))
+        log.write({"step": done, **{f"eval/{k}": v for k, v in stats.items()}})
+    bar.close()
+    if saved_step != done:
+      save(done)  # before closing the loader: its state is the position after step `done`
+    loader.close()
+    ckpt.close()
+    if signals.received:
+      if main:
+        print(f"stopped by {signals.received} after step {done}; checkpoint saved in {ckpt.step_dir(done)}; "
+              f"run the same command to resume", flush=True)
+      return {}
+    return _evaluate_and_draw(p_eval, state_repl.params, val_ds, config, workdir, done, log)
 
 
 def _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log):
@@ -179,12 +260,15 @@ def _evaluate_and_draw(p_eval, params_repl, val_ds, config, workdir, step, log):
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoint in `workdir` on the validation split."""
-  step = Checkpointer(workdir).latest_step()
+  """Evaluates the latest usable checkpoint in `workdir` on the validation split, with the model
+  saved in it (only the val settings of `config.dataset` are needed)."""
+  ckpt = Checkpointer(workdir)
+  step = usable_checkpoint(ckpt, "evaluate")
+  ckpt.close()
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  _, params = checkpoints.load_model(os.path.join(workdir, "checkpoints", str(step)))
-  resolve_num_classes(config)
+    raise UserError(f"no checkpoint in {workdir}/checkpoints to evaluate")
+  saved, params = checkpoints.load_model(ckpt.step_dir(step))
+  adopt_checkpoint_model(config, saved.to_dict(), ckpt.step_dir(step))
   val_ds = build_dataset(config, "val")
   _, p_eval = steps.pmapped_steps(None, None, None, eval_model(config))
   params_repl = steps.replicate(params, jax.local_device_count())

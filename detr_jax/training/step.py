@@ -7,6 +7,7 @@ device axis.
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -18,7 +19,9 @@ TARGET_KEYS = ("labels", "boxes", "valid", "masks")
 
 
 def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS):
-  """One optimisation step on this device's share of the global batch.
+  """One optimisation step on this device's share of the global batch -> (state, metrics).
+
+  metrics["finite"] (bool) says whether the step's predictions, loss and updates were all finite.
 
   Gradients are averaged over `axis_name`; the criterion normalises its losses by global counts,
   so the result does not depend on how the global batch is split over devices.
@@ -29,9 +32,10 @@ def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS
   def loss_fn(params):
     outputs = model.apply({"params": params}, batch["images"], batch["mask"], deterministic=False,
                           rngs={"dropout": key})
-    return criterion(outputs, targets, axis_name=axis_name)
+    loss, losses = criterion(outputs, targets, axis_name=axis_name)
+    return loss, (losses, all_finite(outputs))
 
-  (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (losses, outputs_finite)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   weights = criterion.weight_dict(sum(k.startswith("loss_ce_") for k in losses))
   # Logged as the official code does: weighted terms by name, raw ones with "_unscaled".
   metrics = {**{k: v * weights[k] if k in weights else v for k, v in losses.items()},
@@ -42,7 +46,17 @@ def train_step(state: TrainState, batch, *, model, criterion, tx, axis_name=AXIS
   # (No gradient norm here: reading the frozen parameters' gradients would keep XLA from
   # pruning their computation, e.g. the backward pass through the frozen stem.)
   metrics = jax.lax.pmean(dict(metrics, loss=loss), axis_name)
+  # One flag per step, true on every device iff all of them saw finite predictions, loss and
+  # updates (NaN/inf predictions also make matching costs non-finite, whatever the matcher backend).
+  finite = outputs_finite & jnp.isfinite(loss) & all_finite(updates)
+  metrics["finite"] = jax.lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def all_finite(tree) -> jax.Array:
+  """Scalar bool: every float in `tree` is finite."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.logical_and.reduce(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def eval_step(params, batch, *, model):
