@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 
+from detr_jax.data.validation import DatasetError
 from detr_jax.evaluation.coco import coco_from_examples
 
 CLASS_NAMES = ("red circle", "green square", "blue triangle", "yellow square", "magenta triangle",
@@ -53,7 +54,8 @@ class SyntheticShapes:
   def __init__(self, num_images, image_size=(128, 128), min_objects=1, max_objects=4, seed=0,
                split="train", object_size=(0.1, 0.5), min_visible=0.7, noise=8.0):
     if not 0 <= min_objects <= max_objects:
-      raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+      raise DatasetError(f"dataset.min_objects, dataset.max_objects: need 0 <= min_objects <= max_objects, "
+                         f"got {min_objects}, {max_objects}")
     self.num_images, self.image_size = num_images, image_size
     self.min_objects, self.max_objects = min_objects, max_objects
     self.seed, self.split, self.object_size = seed, split, object_size
@@ -64,6 +66,11 @@ class SyntheticShapes:
 
   def __len__(self):
     return self.num_images
+
+  def validate(self) -> None:
+    """Raises a DatasetError when the split is empty (there are no files to check)."""
+    if self.num_images <= 0:
+      raise DatasetError(f"synthetic {self.split}: no images (dataset.num_{self.split} = {self.num_images})")
 
   def _side(self, rng, spec):
     return int(spec) if np.isscalar(spec) else int(rng.integers(spec[0], spec[1] + 1))

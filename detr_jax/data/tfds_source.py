@@ -12,11 +12,13 @@ Differences from the json sources, all from what tfds stores:
 """
 import io
 
+import array_record  # noqa: F401 (tfds.data_source reads ArrayRecord with it; missing: fail on import)
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from detr_jax.data.coco import class_names_of, masks_to_boxes
+from detr_jax.data.validation import DatasetError, DatasetNotFoundError
 from detr_jax.coco_categories import PANOPTIC_CATEGORIES
 from detr_jax.evaluation.coco import coco_from_dict
 from detr_jax.postprocess import rgb2id
@@ -36,10 +38,12 @@ def _resolve(name: str) -> tuple[str, bool]:
   builder, _, rest = name.partition("/")
   config_name, _, version = rest.partition(":")
   if builder != "coco" or not config_name:
-    raise ValueError(f"tfds name {name!r}: expected coco/<config>[:version], e.g. coco/2017 or coco/2017_panoptic")
+    raise DatasetError(f"tfds name {name!r} (dataset.tfds_name): expected coco/<config>[:version], e.g. "
+                       f"coco/2017 or coco/2017_panoptic")
   configs = tfds.builder_cls("coco").builder_configs
   if config_name not in configs:
-    raise ValueError(f"tfds name {name!r}: unknown coco config {config_name!r}; available: {sorted(configs)}")
+    raise DatasetError(f"tfds name {name!r} (dataset.tfds_name): unknown coco config {config_name!r}; "
+                       f"available: {sorted(configs)}")
   config = configs[config_name]
   return f"coco/{config_name}:{version or config.version}", config.has_panoptic
 
@@ -49,8 +53,8 @@ def _decode(data: bytes, what: str) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as img:
       return np.asarray(img.convert("RGB"))
-  except OSError as e:
-    raise ValueError(f"{what}: cannot decode image ({e})") from None
+  except (OSError, Image.DecompressionBombError) as e:
+    raise DatasetError(f"{what}: cannot decode image ({e})") from None
 
 
 def _image_hw(data: bytes, what: str) -> tuple[int, int]:
@@ -58,8 +62,8 @@ def _image_hw(data: bytes, what: str) -> tuple[int, int]:
   try:
     with Image.open(io.BytesIO(data)) as img:
       return img.height, img.width
-  except OSError as e:
-    raise ValueError(f"{what}: cannot read image header ({e})") from None
+  except (OSError, Image.DecompressionBombError) as e:
+    raise DatasetError(f"{what}: cannot read image header ({e})") from None
 
 
 def _denormalise(bbox, h: int, w: int) -> np.ndarray:
@@ -84,23 +88,23 @@ class TfdsCoco:
     self.name, self.split, self.masks = name, split, masks
     versioned, self.panoptic = _resolve(name)
     if masks and not self.panoptic:
-      raise ValueError(f"tfds {name} has no instance masks: use masks=False, coco/2017_panoptic, or the "
-                       f"json source (dataset.name=coco) for masks")
+      raise DatasetError(f"tfds {name} has no instance masks: use masks=False, coco/2017_panoptic, or the "
+                         f"json source (dataset.name=coco) for masks")
     images = ("image", "panoptic_image") if self.panoptic else ("image",)
     try:
       self._source = tfds.data_source(versioned, split=SPLITS[split], data_dir=data_dir, download=False,
                                       decoders={k: tfds.decode.SkipDecoding() for k in images})
     except (ModuleNotFoundError, AssertionError, NotImplementedError) as e:
-      raise FileNotFoundError(f"cannot read tfds {versioned} from data_dir={data_dir!r} (None: tfds' default): "
-                              f"is it prepared there as ArrayRecord? See the README's tfds section. ({e})") from e
+      raise DatasetNotFoundError(f"cannot read tfds {versioned} from data_dir={data_dir!r} (None: tfds' default): "
+                                 f"is it prepared there as ArrayRecord? See the README's tfds section. ({e})") from e
     self._objects_key = "panoptic_objects" if self.panoptic else "objects"
     names = self._source.dataset_info.features[self._objects_key]["label"].names
     self.categories = [{"id": i, "name": n} for i, n in (THINGS + STUFF if self.panoptic else THINGS)]
     ids = {c["name"]: c["id"] for c in self.categories}
     unknown = [n for n in names if n not in ids]
     if unknown:
-      raise ValueError(f"tfds {versioned}: label name(s) {unknown[:5]} are not official COCO category names; "
-                       f"cannot map its labels to the official ids")
+      raise DatasetError(f"tfds {versioned}: label name(s) {unknown[:5]} are not official COCO category names; "
+                         f"cannot map its labels to the official ids")
     self._label_ids = np.array([ids[n] for n in names], np.int32)
     self.num_classes = 250 if self.panoptic else 91
     self.class_names = class_names_of(self.categories, self.num_classes)
@@ -108,6 +112,15 @@ class TfdsCoco:
 
   def __len__(self):
     return len(self._source)
+
+  def validate(self) -> None:
+    """Raises a DatasetError when the split has no records, or returns.
+
+    The records are not read: checking every image's header would read the whole split (about
+    19 GB for coco/2017 train); a record that fails to decode is an error naming it.
+    """
+    if len(self) == 0:
+      raise DatasetError(f"tfds {self.name} {self.split}: the split has no records")
 
   def _where(self, i: int) -> str:
     return f"tfds {self.name} {self.split} record {i}"
@@ -172,11 +185,11 @@ class TfdsCoco:
     """bool [n, H, W]: the panoptic PNG's segment ids (R + 256 G + 65536 B) == each object's id."""
     ids = rgb2id(_decode(record["panoptic_image"], f"{where} panoptic_image"))
     if ids.shape != hw:
-      raise ValueError(f"{where}: panoptic_image is {ids.shape[0]}x{ids.shape[1]} but the image is "
-                       f"{hw[0]}x{hw[1]} (h x w)")
+      raise DatasetError(f"{where}: panoptic_image is {ids.shape[0]}x{ids.shape[1]} but the image is "
+                         f"{hw[0]}x{hw[1]} (h x w)")
     segment_ids = np.asarray(objects["id"], np.int64).reshape(-1, 1, 1)
     masks = ids[None] == segment_ids
     empty = [int(s) for s, m in zip(segment_ids.ravel(), masks) if not m.any()]
     if empty:
-      raise ValueError(f"{where}: segment id {empty[0]} is listed in panoptic_objects but has no pixels")
+      raise DatasetError(f"{where}: segment id {empty[0]} is listed in panoptic_objects but has no pixels")
     return masks
