@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from detr_jax.config import dataset_config
-from detr_jax.data import build_dataset, fake_coco, resolve_num_classes
+from detr_jax.data import build_dataset, fake_coco, resolve_num_classes, validate_datasets
 from detr_jax.data.coco import CocoDetection, CocoPanoptic
 from detr_jax.data.validation import DatasetError, DatasetNotFoundError, image_problem
 from detr_jax.errors import UserError
@@ -109,6 +109,23 @@ def test_the_list_is_capped(tmp_path):
   assert lines[21:] == ["  ... and 10 more"]
 
 
+def test_train_and_val_reported_together(tmp_path):
+  image_dir, ann_file, _, _, images = _coco(tmp_path, 2)
+  fake_coco.write_split(str(tmp_path / "coco"), "train", 1, image_size=(H, W))
+  config = _config(name="coco", coco_path=str(tmp_path / "coco"))
+  config.model.num_classes = 91
+  train, val = build_dataset(config, "train"), build_dataset(config, "val")
+  assert validate_datasets(train, val) is None
+  os.remove(image_dir / images[1]["file_name"])
+  train_image = tmp_path / "coco" / "train2017" / images[0]["file_name"]  # the same ids in both splits
+  train_image.write_bytes(b"")
+  with pytest.raises(DatasetError) as error:
+    validate_datasets(train, val)
+  assert str(error.value).splitlines() == [
+      "1 problem in dataset coco train:", f"  {train_image}: empty file",
+      "1 problem in dataset coco val:", f"  {image_dir / images[1]['file_name']}: image not found"]
+
+
 def test_intact_files_pass_and_damage_found_only_by_decoding_names_the_file(tmp_path):
   image_dir, ann_file, _, _, images = _coco(tmp_path, 3)
   paths = [image_dir / img["file_name"] for img in images]
@@ -189,9 +206,8 @@ def test_tfds_without_the_extra_says_what_to_install(monkeypatch, module):
 
 
 def test_synthetic_validate():
-  config = _config(name="synthetic")
-  config.dataset.update(num_train=4, num_val=0, image_size=(32, 32), min_objects=1, max_objects=2,
-                        object_size=(0.2, 0.4), seed=0)
+  config = _config(name="synthetic", num_train=4, num_val=0, image_size=(32, 32), min_objects=1, max_objects=2,
+                   object_size=(0.2, 0.4), seed=0)
   assert build_dataset(config, "train").validate() is None
   with pytest.raises(DatasetError, match=r"^synthetic val: no images \(dataset.num_val = 0\)$"):
     build_dataset(config, "val").validate()

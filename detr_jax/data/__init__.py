@@ -2,7 +2,8 @@
 
 Every source has len, [i] (an example, see `detr_jax.data.transforms`), image_hw(i), num_classes,
 class_names, coco_gt() (pycocotools ground truth for box AP) and validate() (raises one
-`DatasetError` listing every problem found in its files, or returns; call it before training).
+`DatasetError` listing every problem found in its files, or returns; `validate_datasets(train, val)`
+before training reports both splits at once).
 Mistakes in the dataset settings or files raise `DatasetError` / `DatasetNotFoundError` (UserErrors).
 """
 import os
@@ -67,6 +68,18 @@ def build_dataset(config, split: str):
     return _tfds_source()(ds.tfds_name, split, data_dir=ds.tfds_data_dir or None, masks=ds.masks)
   raise DatasetError(f"unknown dataset {ds.name!r} (dataset.name); available: synthetic, coco, coco_panoptic, "
                      f"coco_custom, tfds")
+
+
+def validate_datasets(*datasets) -> None:
+  """Runs each dataset's validate(); raises one DatasetError with all their reports (e.g. train and val)."""
+  reports = []
+  for dataset in datasets:
+    try:
+      dataset.validate()
+    except DatasetError as e:
+      reports.append(str(e))
+  if reports:
+    raise DatasetError("\n".join(reports))
 
 
 def resolve_num_classes(config, split: str = "train") -> None:
