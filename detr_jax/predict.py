@@ -13,9 +13,23 @@ bucket and batch. Per image, in --out-dir:
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
   <stem>.json          {"image", "size": [h, w], "detections": [{"label", "name", "score", "box_xyxy"}],
                        and for mask models "segments_info": [{"id", "isthing", "category_id", "area", "name"}]}
-Boxes are (x0, y0, x1, y1) in original pixels. Exit code 0, or 1 with one `error: ...` line.
+Boxes are (x0, y0, x1, y1) in original pixels.
+
+Images are read as a photo viewer shows them: turned upright by their EXIF orientation (so sizes,
+boxes and pictures are in the upright image's pixels; training data is read without it, as the
+official code does), 16-bit greyscale scaled to 8 bits (65535 -> 255), transparent images
+(RGBA, LA, palette with transparency) composited on white, every other mode converted to RGB by
+PIL. Class names: those saved in the checkpoint's config (`class_names`), the COCO names for
+converted official checkpoints (91 detection / 250 panoptic classes), the synthetic classes for
+older synthetic runs, otherwise the ids.
+
+Each file is handled on its own: one that cannot be read (missing, a directory, not an image,
+truncated, ...) or whose stem an earlier image already uses gets one `error: FILE: reason` line on
+stderr and the others are still processed. Exit code 0, or 1 if any file failed or on a fatal
+error (checkpoint, output directory; one `error: ...` line).
 """
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -24,7 +38,7 @@ from typing import NamedTuple
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from detr_jax.checkpoints import load_model
 from detr_jax.coco_categories import DETECTION_NAMES, panoptic_names
@@ -32,6 +46,7 @@ from detr_jax.data.batching import collate
 from detr_jax.data.pipeline import bucket_shape
 from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.data.transforms import apply_plan, plan_val
+from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.postprocess import postprocess_boxes, postprocess_panoptic, postprocess_segm
 from detr_jax.visualize import class_colour, draw_detections
@@ -39,6 +54,8 @@ from detr_jax.visualize import class_colour, draw_detections
 DEFAULT_BUCKET_SIDES = (640, 800, 1088, 1344)
 MASK_STRIDE = 4  # pred_masks cells per input pixel side: the backbone's layer1 resolution
 PANOPTIC_ALPHA = 0.5
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # integer greyscale, 65535 = white
+BACKGROUND = (255, 255, 255)  # under transparent pixels
 
 
 class Preprocessing(NamedTuple):
@@ -57,17 +74,24 @@ def preprocessing(config) -> Preprocessing:
   return Preprocessing(bool(ds.augment), int(ds.val_size), int(ds.max_size), tuple(ds.bucket_sides))
 
 
-def class_names(config) -> tuple:
-  """Names indexed by class id: synthetic classes, the COCO names (91 detection / 250 panoptic
-  classes), otherwise the ids as text."""
+def class_names(config, checkpoint: str) -> tuple:
+  """Names indexed by class id: the dataset's names saved with a training checkpoint (`class_names`);
+  for a converted official checkpoint (no `dataset`) the COCO names (91 detection / 250 panoptic
+  classes); for older training checkpoints the synthetic names of synthetic runs; otherwise the
+  ids as text."""
   num_classes = config.model.num_classes
+  saved = config.get("class_names")
+  if saved is not None:
+    if len(saved) != num_classes:
+      raise UserError(f"{checkpoint}: config class_names has {len(saved)} names for {num_classes} classes")
+    return tuple(str(name) for name in saved)
   ds = config.get("dataset")
-  if ds is not None and ds.name == "synthetic":
-    return CLASS_NAMES
-  if num_classes == len(DETECTION_NAMES):
+  if ds is None and num_classes == len(DETECTION_NAMES):
     return DETECTION_NAMES
-  if num_classes == 250:
+  if ds is None and num_classes == 250:
     return panoptic_names(num_classes)
+  if ds is not None and ds.name == "synthetic" and num_classes == len(CLASS_NAMES):
+    return CLASS_NAMES
   return tuple(str(i) for i in range(num_classes))
 
 
@@ -78,13 +102,30 @@ def is_thing_map(config) -> dict:
   return {i: i <= 90 if num_classes == 250 else True for i in range(num_classes)}
 
 
+def to_rgb(img: Image.Image) -> np.ndarray:
+  """uint8 [H, W, 3] of a PIL image of any mode: integer greyscale (16-bit PNG/TIFF) scaled from
+  0..65535, transparency composited on white, the rest PIL's convert("RGB")."""
+  if img.mode in SIXTEEN_BIT_MODES:
+    grey = np.round(np.clip(np.asarray(img, np.float64), 0, 65535) / 257).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if img.has_transparency_data:
+    img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
+  return np.asarray(img.convert("RGB"))
+
+
 def load_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB of an image file."""
+  """uint8 [H, W, 3] RGB of an image file, upright by its EXIF orientation (see the module doc);
+  UserError naming the file and the reason when it cannot be read."""
   try:
     with Image.open(path) as img:
-      return np.asarray(img.convert("RGB"))
-  except (OSError, ValueError) as e:  # missing, unreadable or not an image
-    raise ValueError(f"cannot read image {path}: {e}") from None
+      return to_rgb(ImageOps.exif_transpose(img))
+  except UnidentifiedImageError:
+    reason = "empty file" if os.path.getsize(path) == 0 else "not an image file PIL can read"
+  except OSError as e:  # missing, a directory, no permission (strerror), or truncated/corrupt data
+    reason = e.strerror or f"broken image data ({e})"
+  except Image.DecompressionBombError as e:
+    reason = str(e)
+  raise UserError(f"{path}: {reason}")
 
 
 def pad_shape(hw, sides) -> tuple[int, int]:
@@ -206,34 +247,63 @@ def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold
   return f"{line} -> {stem}.png"
 
 
-def check_stems(paths) -> None:
-  """Two images with the same file stem would overwrite each other's outputs."""
-  seen = {}
+def report(error: Exception) -> None:
+  """One `error: ...` line on stderr."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def readable_images(paths, failed: list):
+  """(path, image) of each path that loads, in order. Every other one (unreadable, or its stem taken
+  by an earlier image, whose outputs it would overwrite) is reported and appended to `failed`."""
+  stems = {}
   for path in paths:
     stem = os.path.splitext(os.path.basename(path))[0]
-    if stem in seen:
-      raise ValueError(f"{seen[stem]} and {path} would both write {stem}.png/.json; rename one")
-    seen[stem] = path
+    try:
+      if stem in stems:
+        raise UserError(f"{path}: {stems[stem]} already writes {stem}.png/.json; rename one")
+      image = load_image(path)
+    except UserError as e:
+      report(e)
+      failed.append(path)
+      continue
+    stems[stem] = path
+    yield path, image
 
 
-def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int) -> None:
-  """Runs the checkpoint on every image of `paths` in batches and writes the outputs."""
-  check_stems(paths)
+def batches(items, size: int):
+  """Lists of `size` consecutive items (the last one may be shorter)."""
+  iterator = iter(items)
+  while chunk := list(itertools.islice(iterator, size)):
+    yield chunk
+
+
+def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int) -> int:
+  """Runs the checkpoint on every image of `paths` in batches and writes the outputs; returns the
+  number of files that failed (each reported in one `error: FILE: reason` line)."""
   config, params = load_model(checkpoint)
   if config.get("backbone_only", False):
-    raise ValueError(f"{checkpoint} is a backbone-only checkpoint, not a DETR model")
-  prep, names = preprocessing(config), class_names(config)
+    raise UserError(f"{checkpoint} is a backbone-only checkpoint, not a DETR model")
+  prep, names = preprocessing(config), class_names(config, checkpoint)
   forward = make_forward(build_model(config.model, isolate_padding=True))
   params = jax.device_put(params)
-  os.makedirs(out_dir, exist_ok=True)
-  for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
-    images = [load_image(p) for p in chunk]
-    batch = prepare_batch(images, prep)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except FileExistsError:
+    raise UserError(f"--out-dir {out_dir}: exists and is not a directory") from None
+  except OSError as e:  # no permission, a parent is a file, ...
+    raise UserError(f"--out-dir {out_dir}: {e.strerror}") from None
+  failed = []
+  for chunk in batches(readable_images(paths, failed), batch_size):
+    batch = prepare_batch([image for _, image in chunk], prep)
     out = jax.device_get(forward(params, batch["images"], batch["mask"], batch["orig_size"]))
-    for i, (path, image) in enumerate(zip(chunk, images)):
+    for i, (path, image) in enumerate(chunk):
       result = image_results(out, i, batch["size"][i], batch["orig_size"][i], threshold, config)
-      print(write_outputs(path, image, result, names, out_dir, threshold), flush=True)
+      try:
+        print(write_outputs(path, image, result, names, out_dir, threshold), flush=True)
+      except OSError as e:  # e.g. the disk is full
+        report(UserError(f"{path}: cannot write its outputs to {out_dir}: {e.strerror or e}"))
+        failed.append(path)
+  return len(failed)
 
 
 def main(argv=None) -> int:
@@ -248,11 +318,11 @@ def main(argv=None) -> int:
     parser.error("--batch-size must be at least 1")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   try:
-    predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size)
-  except Exception as e:  # CLI boundary: one clear line, never a traceback
-    print(f"error: {e}", file=sys.stderr)
+    failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size)
+  except UserError as e:  # a bad checkpoint or output directory
+    report(e)
     return 1
-  return 0
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""python -m detr_jax.predict on tiny filled checkpoints (detection, panoptic) and a trained synthetic one."""
+"""python -m detr_jax.predict on tiny filled checkpoints (detection, panoptic) and a trained synthetic one;
+every kind of input file, class names."""
 import json
 import os
 import subprocess
@@ -15,10 +16,12 @@ from detr_jax.checkpoints import save_model
 from detr_jax.coco_categories import DETECTION_NAMES, PANOPTIC_CATEGORIES, panoptic_names
 from detr_jax.config import dataset_config, model_config
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
+from detr_jax.errors import UserError
 from detr_jax.fill import fill_v1
 from detr_jax.models import build_model
 from detr_jax.torch_io.convert import convert_official
 from detr_jax.torch_io.mapping import model_layout
+from detr_jax.visualize import draw_detections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="resnet18", hidden_dim=64, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
@@ -125,7 +128,8 @@ def test_panoptic_model_writes_segments(tmp_path, capsys):
   """A 250-class mask model whose class head favours cat (thing) and tree-merged (stuff)."""
   config = ml_collections.ConfigDict({
       "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),  # GroupNorm(8) of d/16
-      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(64, 128, 192))})
+      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(64, 128, 192)),
+      "class_names": panoptic_names(250)})
   params = _filled_params(config.model, seed=3)
   head = params["detr"]["class_embed"]
   head["bias"][[17, 184]] += 30.0
@@ -195,21 +199,164 @@ def test_coco_category_tables():
   assert len(names) == 250 and names[1] == "person" and names[200] == "rug-merged" and names[12] == "N/A"
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "unreadable image", "same stem"])
-def test_errors_are_one_line_and_exit_1(case, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing checkpoint", "out-dir is a file", "bad class_names"])
+def test_fatal_errors_are_one_line_and_exit_1(case, tmp_path, capsys):
   config = ml_collections.ConfigDict({"model": model_config(**TINY)})
+  if case == "bad class_names":
+    config.class_names = ["a", "b"]
   ckpt = tmp_path / "ckpt"
   if case != "missing checkpoint":
     save_model(str(ckpt), config, _filled_params(config.model))
-  (tmp_path / "a").mkdir()
-  _image(tmp_path / "a" / "x.png", 8, 8, 0)
-  (tmp_path / "bad.png").write_bytes(b"not an image")
-  images = {"missing checkpoint": ["a/x.png"], "unreadable image": ["bad.png"], "same stem": ["a/x.png", "x.png"]}
-  code, out, err = _predict(capsys, "--checkpoint", ckpt, *[tmp_path / p for p in images[case]], "--out-dir",
-                            tmp_path / "out")
+  _image(tmp_path / "x.png", 8, 8, 0)
+  (tmp_path / "out").write_text("a file" if case == "out-dir is a file" else "")
+  out_dir = tmp_path / ("out" if case == "out-dir is a file" else "predictions")
+  code, out, err = _predict(capsys, "--checkpoint", ckpt, tmp_path / "x.png", "--out-dir", out_dir)
   assert code == 1 and out == ""
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ")
-  expected = {"missing checkpoint": "not a detr-jax model checkpoint", "unreadable image": "cannot read image",
-              "same stem": "would both write x.png"}
-  assert expected[case] in lines[0] and str(tmp_path) in lines[0]
+  expected = {"missing checkpoint": f"{ckpt}: not a detr-jax model checkpoint",
+              "out-dir is a file": f"--out-dir {out_dir}: exists and is not a directory",
+              "bad class_names": f"{ckpt}: config class_names has 2 names for 91 classes"}
+  assert expected[case] in lines[0], lines[0]
+
+
+def _save(array_or_image, path, **kwargs):
+  image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+  image.save(path, **kwargs)
+
+
+def _rgb(h, w, seed):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _exif(orientation):
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  return exif
+
+
+def test_every_file_on_its_own_in_a_mixed_folder(tmp_path, capsys):
+  """Broken files (and a second file with the stem `good`) give one error line each, every image mode is
+  read as RGB, EXIF orientation is honoured, the checkpoint's class names label the detections; batches
+  of 4 with the failures in between."""
+  names = [f"part-{i}" for i in range(91)]  # a custom dataset with 91 classes: not the COCO names
+  config = ml_collections.ConfigDict({"model": model_config(**TINY, num_classes=91), "class_names": names,
+                                      "dataset": dataset_config(name="coco_custom", val_size=48, max_size=64,
+                                                                bucket_sides=(48, 64))})
+  save_model(str(tmp_path / "ckpt"), config, _filled_params(config.model, seed=5))
+  d = tmp_path / "in"
+  d.mkdir()
+  (d / "a_directory.jpg").mkdir()
+  (d / "empty.jpg").write_bytes(b"")
+  (d / "text.jpg").write_text("not an image\n")
+  _save(_rgb(40, 30, 0), d / "good.jpg")
+  (d / "truncated.jpg").write_bytes((d / "good.jpg").read_bytes()[:-200])
+  deep = (np.random.default_rng(1).integers(0, 65536, (40, 30))).astype(np.uint16)
+  _save(deep, d / "deep16.png")
+  _save(np.concatenate([_rgb(40, 30, 2), np.full((40, 30, 1), 100, np.uint8)], -1), d / "rgba.png")
+  _save(Image.fromarray(_rgb(40, 30, 3)).quantize(16), d / "palette.png", transparency=0)
+  _save(_rgb(40, 30, 4)[..., 0], d / "grey.png")
+  _save(Image.fromarray(_rgb(40, 30, 5)).convert("CMYK"), d / "cmyk.jpg")
+  _save(_rgb(30, 40, 6), d / "rotated.jpg", exif=_exif(6).tobytes())  # stored 30x40, shown upright 40x30
+  with Image.open(d / "rotated.jpg") as stored:
+    _save(np.rot90(np.asarray(stored), k=-1), d / "upright.png")  # orientation 6: turn 90 degrees clockwise
+  broken = {"a_directory.jpg": "Is a directory", "empty.jpg": "empty file", "text.jpg": "not an image file",
+            "truncated.jpg": "broken image data (image file is truncated", "missing.jpg": "No such file or directory",
+            "good.png": f"{d / 'good.jpg'} already writes good.png/.json; rename one"}
+  good = ["cmyk", "deep16", "good", "grey", "palette", "rgba", "rotated", "upright"]
+  (tmp_path / "other").mkdir()
+  _save(_rgb(40, 30, 7), tmp_path / "other" / "good.png")  # its outputs would overwrite good.jpg's
+  paths = sorted(d.iterdir()) + [d / "missing.jpg", tmp_path / "other" / "good.png"]
+  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "ckpt", *paths, "--out-dir", tmp_path / "out",
+                            "--threshold", 0, "--batch-size", 4)
+  assert code == 1
+  errors = err.strip().splitlines()
+  assert len(errors) == len(broken), err
+  for line, path in zip(errors, [p for p in paths if p.name in broken]):  # in argument order
+    assert line.startswith(f"error: {path}: {broken[path.name]}"), line
+  assert len(out.strip().splitlines()) == len(good)
+  records = {stem: _load(tmp_path / "out" / f"{stem}.json") for stem in good}
+  assert sorted(p.stem for p in (tmp_path / "out").glob("*.json")) == good
+  assert records["good"]["image"] == str(d / "good.jpg")
+  for record in records.values():
+    assert record["size"] == [40, 30] and len(record["detections"]) == TINY["num_queries"]  # threshold 0
+    assert all(det["name"] == names[det["label"]] for det in record["detections"])
+  # EXIF orientation: the same results as the image stored upright
+  rotated, upright = records["rotated"]["detections"], records["upright"]["detections"]
+  assert [det["label"] for det in rotated] == [det["label"] for det in upright]
+  np.testing.assert_allclose([det["box_xyxy"] for det in rotated], [det["box_xyxy"] for det in upright], atol=1e-3)
+  np.testing.assert_allclose([det["score"] for det in rotated], [det["score"] for det in upright], atol=1e-5)
+  # 16-bit: the picture is the 8-bit greyscale (65535 -> 255) with the detections drawn
+  grey = np.round(deep / 257).astype(np.uint8)
+  dets = records["deep16"]["detections"]
+  expected = draw_detections(np.repeat(grey[..., None], 3, -1), [det["box_xyxy"] for det in dets],
+                             [det["label"] for det in dets], [det["score"] for det in dets], names, 0,
+                             scale=predict.display_scale((40, 30)))
+  with Image.open(tmp_path / "out" / "deep16.png") as picture:
+    np.testing.assert_array_equal(np.asarray(picture), np.asarray(expected))
+
+
+def test_image_modes_become_rgb(tmp_path):
+  """16-bit greyscale scaled (not white), transparency composited on white, palette, L, 1, CMYK."""
+  deep = np.array([[0, 257, 32896], [40000, 65280, 65535]], np.uint16)
+  expected_deep = np.repeat(np.array([[0, 1, 128], [156, 254, 255]], np.uint8)[..., None], 3, -1)
+  _save(deep, tmp_path / "deep.png")
+  with Image.open(tmp_path / "deep.png") as img:
+    assert img.mode == "I;16"
+  np.testing.assert_array_equal(predict.load_image(str(tmp_path / "deep.png")), expected_deep)
+  for array in (deep.astype(">u2"), deep.astype(np.int32)):  # I;16B and I
+    np.testing.assert_array_equal(predict.to_rgb(Image.fromarray(array)), expected_deep)
+  rgba = np.array([[[200, 100, 0, 255], [200, 100, 0, 0], [200, 100, 0, 128]]], np.uint8)
+  _save(rgba, tmp_path / "rgba.png")
+  alpha = rgba[..., 3:] / 255
+  composited = rgba[..., :3] * alpha + 255 * (1 - alpha)
+  np.testing.assert_allclose(predict.load_image(str(tmp_path / "rgba.png")), composited, atol=1)
+  la = Image.fromarray(rgba[..., [0, 3]], "LA")
+  np.testing.assert_allclose(predict.to_rgb(la)[..., 1], (rgba[..., 0] * alpha[..., 0] + 255 * (1 - alpha[..., 0])),
+                             atol=1)
+  palette = Image.new("P", (2, 1))
+  palette.putpalette([10, 20, 30, 40, 50, 60])
+  palette.putdata([0, 1])
+  assert predict.to_rgb(palette).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+  _save(palette, tmp_path / "transparent.png", transparency=1)
+  assert predict.load_image(str(tmp_path / "transparent.png")).tolist() == [[[10, 20, 30], [255, 255, 255]]]
+  assert predict.to_rgb(Image.fromarray(np.array([[7, 250]], np.uint8))).tolist() == [[[7] * 3, [250] * 3]]
+  assert predict.to_rgb(Image.fromarray(np.array([[True, False]]))).tolist() == [[[255] * 3, [0] * 3]]
+  _save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=100)
+  np.testing.assert_allclose(predict.load_image(str(tmp_path / "cmyk.jpg")), np.full((8, 8, 3), [255, 0, 0]), atol=3)
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_orientation_turns_the_image_upright(orientation, tmp_path):
+  stored = _rgb(6, 10, 0)
+  _save(stored, tmp_path / "photo.png", exif=_exif(orientation).tobytes())  # lossless: exact pixels
+  upright = {6: np.rot90(stored, k=-1), 8: np.rot90(stored, k=1), 3: np.rot90(stored, k=2)}[orientation]
+  np.testing.assert_array_equal(predict.load_image(str(tmp_path / "photo.png")), upright)
+
+
+def test_unreadable_file_is_a_user_error(tmp_path, monkeypatch):
+  """chmod 000 does not stop root (tests may run as root): the open is made to fail as it would."""
+  path = str(tmp_path / "secret.png")
+  _image(path, 4, 4, 0)
+
+  def denied(fp, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", fp)
+
+  monkeypatch.setattr(predict.Image, "open", denied)
+  with pytest.raises(UserError, match=f"^{path}: Permission denied$"):
+    predict.load_image(path)
+
+
+def test_class_names_from_the_checkpoint():
+  def names(num_classes=91, **fields):
+    return predict.class_names(ml_collections.ConfigDict({"model": model_config(num_classes=num_classes), **fields}),
+                               "ckpt")
+  custom = [f"c{i}" for i in range(91)]
+  assert names(class_names=custom, dataset=dataset_config(name="coco_custom")) == tuple(custom)
+  assert names() == DETECTION_NAMES  # converted official (no dataset)
+  assert names(250) == panoptic_names(250)
+  assert names(5) == ("0", "1", "2", "3", "4")  # converted with a re-initialised class head
+  assert names(dataset=dataset_config(name="coco_custom")) == tuple(str(i) for i in range(91))  # never COCO's
+  assert names(len(CLASS_NAMES), dataset=dataset_config(name="synthetic")) == CLASS_NAMES
+  with pytest.raises(UserError, match="ckpt: config class_names has 3 names for 91 classes"):
+    names(class_names=["a", "b", "c"])

@@ -92,7 +92,8 @@ def test_inspect_draws_a_one_pixel_wide_panoptic_segment(tmp_path):
   ids[20:36, 5] = 3
   Image.fromarray(id2rgb(ids)).save(tmp_path / "panoptic_val2017" / "a.png")
   categories = [{"id": 1, "name": "line", "isthing": 1}, {"id": 2, "name": "rest", "isthing": 0}]
-  segments = [{"id": 3, "category_id": 1, "area": 16}, {"id": 7, "category_id": 2, "area": 40 * 32 - 16}]
+  segments = [{"id": 3, "category_id": 1, "area": 16, "bbox": [5, 20, 1, 16]},
+              {"id": 7, "category_id": 2, "area": 40 * 32 - 16, "bbox": [0, 0, 32, 40]}]
   with open(tmp_path / "annotations" / "panoptic_val2017.json", "w") as f:
     json.dump({"images": [{"id": 1, "height": 40, "width": 32}], "categories": categories,
                "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": segments}]}, f)
