@@ -3,28 +3,75 @@
 Converted official weights and trained models share this layout, so every tool loads either.
 """
 import os
+import shutil
+import tempfile
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from detr_jax.errors import UserError
 
-def save_model(directory: str, config: ml_collections.ConfigDict, params) -> None:
-  """Writes params and config to `directory` (must not exist yet; written atomically)."""
+ITEMS = ("params", "config")
+
+
+def is_model_checkpoint(directory: str) -> bool:
+  """Whether `directory` holds params/ and config/, as `save_model` and training write them."""
+  return all(os.path.isdir(os.path.join(directory, item)) for item in ITEMS)
+
+
+def save_model(directory: str, config: ml_collections.ConfigDict, params, replace: bool = False) -> None:
+  """Writes params and config to `directory` atomically: into a temporary directory beside it, then renamed.
+
+  `directory` must not exist, or with `replace` be a model checkpoint (`is_model_checkpoint`), which
+  is swapped for the new one only once that is complete. Anything else there is a UserError and
+  stays untouched. An interrupted save leaves at most a hidden `.NAME.*.tmp` directory beside it.
+  """
+  path = os.path.abspath(directory)
+  if os.path.lexists(path) and not (replace and is_model_checkpoint(path)):
+    raise UserError(f"{directory} already exists" + (" and is not a detr-jax model checkpoint (params/ and "
+                                                     "config/); refusing to replace it" if replace else ""))
   params = jax.tree_util.tree_map(np.asarray, params)
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(os.path.abspath(directory), args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict())))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+  try:
+    new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      ckptr.save(new, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict())))
+    if os.path.lexists(path):
+      os.rename(path, old)
+      try:
+        os.rename(new, path)
+      except OSError:
+        os.rename(old, path)
+        raise
+    else:
+      os.rename(new, path)
+  finally:
+    shutil.rmtree(staging)
 
 
 def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, params as numpy) from a directory written by `save_model`."""
+  """(config, params as numpy) from a directory written by `save_model` or by training.
+
+  A directory that is not a model checkpoint, or a damaged one, is a UserError.
+  """
   path = os.path.abspath(directory)
-  if not os.path.isdir(os.path.join(path, "params")) or not os.path.isdir(os.path.join(path, "config")):
-    raise FileNotFoundError(f"{directory}: not a detr-jax model checkpoint (expected params/ and config/)")
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
-                                                           config=ocp.args.JsonRestore()))
+  if not is_model_checkpoint(path):
+    raise UserError(f"{directory}: not a detr-jax model checkpoint (expected a directory holding params/ and "
+                    "config/)")
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+                                                             config=ocp.args.JsonRestore()))
+  except (OSError, ValueError) as e:  # missing or corrupt files (orbax, tensorstore and json errors)
+    message = " ".join(str(e).split())
+    raise UserError(f"{directory}: damaged checkpoint, cannot restore params/config "
+                    f"({type(e).__name__}: {message[:300]})") from None
+  config = restored["config"]
+  if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+    raise UserError(f"{directory}: damaged checkpoint, config/ holds no 'model' settings")
   params = jax.tree_util.tree_map(np.asarray, restored["params"])
-  return ml_collections.ConfigDict(restored["config"]), params
+  return ml_collections.ConfigDict(config), params
