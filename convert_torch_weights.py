@@ -1,89 +1,126 @@
 """Convert official DETR / torchvision ResNet .pth files to detr-jax checkpoints, and back.
 
-  python convert_torch_weights.py SRC.pth DST_DIR [--model NAME] [--num-classes N] [--force]
-  python convert_torch_weights.py --export CKPT_DIR OUT.pth
+  python convert_torch_weights.py SRC.pth DST_DIR [--model NAME] [--num-classes N] [--force] [--list-keys]
+  python convert_torch_weights.py --export CKPT_DIR OUT.pth [--force]
 
 Reads .pth files (zip or legacy format) without torch and without running pickled code. Every
-key is checked: missing, unexpected and mis-shaped keys are listed and the exit code is 1.
+key is checked: missing, unexpected and mis-shaped keys are counted and the first few named
+(--list-keys: all of them), and the exit code is 1. Outputs are written atomically, and --force
+replaces only one of our checkpoints (or, with --export, a file), never another directory.
 A torchvision ImageNet ResNet (conv1.weight, layer1.0..., fc.*) becomes a backbone-only
 checkpoint for training from ImageNet weights. --export writes {"model": state_dict} in the
 official layout (zip format, float32), loadable with load_state_dict(strict=True).
 """
 import argparse
 import os
-import shutil
 import sys
 
+from detr_jax.errors import UserError
+from detr_jax.torch_io.pth import PthError
 
-def _fail(message: str) -> int:
-  print(f"error: {message}", file=sys.stderr)
-  return 1
-
-
-def _prepare_destination(path: str, force: bool) -> None:
-  if os.path.exists(path):
-    if not force:
-      raise FileExistsError(f"{path} already exists (use --force to replace it)")
-    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+CHECKPOINT = "a detr-jax checkpoint (a directory holding params/ and config/)"
 
 
-def convert(args) -> int:
+def _check_destination(path: str, force: bool, replaceable, what: str) -> None:
+  """Refuses an existing `path` unless --force and `replaceable(path)`: nothing else is ever replaced."""
+  if not os.path.lexists(path):
+    return
+  if not force:
+    raise UserError(f"{path} already exists (use --force to replace it)")
+  if not replaceable(path):
+    raise UserError(f"{path} exists and is not {what}; --force only replaces {what}, so it is left as it is")
+
+
+def _interpret(state_dict: dict, train_args, args):
+  """(config, params or None, key report) for a state dict, with the CLI's --model / --num-classes."""
   import ml_collections
 
-  from detr_jax import checkpoints, config
+  from detr_jax import config
   from detr_jax.torch_io import convert as conv
-  from detr_jax.torch_io.pth import load_pth
 
-  state_dict, train_args = conv.split_checkpoint(load_pth(args.src))
   if conv.is_torchvision_resnet(state_dict):
     arch = conv.infer_resnet_arch(state_dict)
     params, report = conv.convert_torchvision_resnet(state_dict, arch)
     cfg = ml_collections.ConfigDict({"name": f"{arch}_imagenet", "backbone_only": True,
                                      "model": config.model_config(backbone=arch)})
-    params = None if params is None else {"backbone": params}
     print(f"{args.src}: torchvision {arch} (fc.* ignored) -> backbone-only checkpoint")
+    return cfg, (None if params is None else {"backbone": params}), report
+  if args.model:
+    cfg = config.variant_config(args.model)
   else:
-    if args.model:
-      cfg = config.variant_config(args.model)
-    else:
-      model_cfg, notes = conv.infer_model_config(state_dict, train_args)
-      cfg = ml_collections.ConfigDict({"name": conv.variant_name(model_cfg), "model": model_cfg})
-      for note in notes:
-        print(f"note: {note}")
-    reinit = args.num_classes is not None
-    if reinit:
-      cfg.model.num_classes = args.num_classes
-    params, report = conv.convert_official(state_dict, cfg.model, reinit_class_head=reinit)
-    print(f"{args.src}: {len(state_dict)} tensors -> {cfg.name} ({cfg.model.backbone}"
-          f"{', DC5' if cfg.model.dilation else ''}{', panoptic' if cfg.model.masks else ''}, "
-          f"{cfg.model.num_classes} classes)")
-    if reinit and params is not None:
-      print(f"class head re-initialised for {args.num_classes} classes ({args.num_classes + 1} logits); "
-            "all other weights converted")
+    model_cfg, notes = conv.infer_model_config(state_dict, train_args)
+    cfg = ml_collections.ConfigDict({"name": conv.variant_name(model_cfg), "model": model_cfg})
+    for note in notes:
+      print(f"note: {note}")
+  reinit = args.num_classes is not None
+  if reinit:
+    cfg.model.num_classes = args.num_classes
+  params, report = conv.convert_official(state_dict, cfg.model, reinit_class_head=reinit)
+  if args.model and not report.ok:
+    _suggest_variant(state_dict, train_args, reinit)
+  print(f"{args.src}: {len(state_dict)} tensors -> {cfg.name} ({cfg.model.backbone}"
+        f"{', DC5' if cfg.model.dilation else ''}{', panoptic' if cfg.model.masks else ''}, "
+        f"{cfg.model.num_classes} classes)")
+  if reinit and params is not None:
+    print(f"class head re-initialised for {args.num_classes} classes ({args.num_classes + 1} logits); "
+          "all other weights converted")
+  return cfg, params, report
+
+
+def _suggest_variant(state_dict: dict, train_args, reinit: bool) -> None:
+  """After a wrong --model: names the architecture the file's own keys and shapes give, if they fit."""
+  from detr_jax.torch_io import convert as conv
+
+  try:
+    model_cfg, _ = conv.infer_model_config(state_dict, train_args)
+  except UserError:
+    return
+  if conv.convert_official(state_dict, model_cfg, reinit_class_head=reinit)[1].ok:
+    print(f"note: the file fits {conv.variant_name(model_cfg)} ({model_cfg.backbone}"
+          f"{', panoptic' if model_cfg.masks else ''}, {model_cfg.enc_layers}+{model_cfg.dec_layers} layers, "
+          f"d={model_cfg.hidden_dim}, {model_cfg.num_queries} queries, {model_cfg.num_classes} classes): run "
+          "without --model to convert it as that", file=sys.stderr)
+
+
+def convert(args) -> int:
+  from detr_jax import checkpoints
+  from detr_jax.torch_io import convert as conv
+  from detr_jax.torch_io.pth import load_pth
+
+  _check_destination(args.dst, args.force, checkpoints.is_model_checkpoint, CHECKPOINT)
+  obj = load_pth(args.src)
+  try:
+    cfg, params, report = _interpret(*conv.split_checkpoint(obj), args)
+  except UserError as e:
+    raise UserError(f"{args.src}: {e}") from None
   if not report.ok:
-    for line in report.lines():
-      print(line, file=sys.stderr)
-    return _fail(f"{args.src} does not match {cfg.name}: {len(report.missing)} missing, "
-                 f"{len(report.unexpected)} unexpected, {len(report.mismatched)} mis-shaped keys")
-  _prepare_destination(args.dst, args.force)
-  checkpoints.save_model(args.dst, cfg, params)
+    if args.list_keys:
+      for line in report.lines():
+        print(line, file=sys.stderr)
+    hint = "" if args.list_keys else "(--list-keys lists them all)"
+    raise UserError(f"{args.src} does not match {cfg.name}: {report.summary(more_hint=hint)}")
+  checkpoints.save_model(args.dst, cfg, params, replace=args.force)
   print(f"wrote {args.dst}")
   return 0
 
 
 def export(args) -> int:
   from detr_jax import checkpoints
-  from detr_jax.torch_io.convert import params_to_state_dict
+  from detr_jax.torch_io.convert import params_to_state_dict, variant_name
   from detr_jax.torch_io.mapping import model_layout
   from detr_jax.torch_io.pth import save_pth
 
+  _check_destination(args.dst, args.force, os.path.isfile, "a file")
   cfg, params = checkpoints.load_model(args.src)
   if cfg.get("backbone_only", False):
-    return _fail(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
-  state_dict = params_to_state_dict(params, model_layout(cfg.model))
-  _prepare_destination(args.dst, args.force)
-  save_pth({"model": state_dict}, args.dst)
-  print(f"wrote {args.dst}: {len(state_dict)} tensors in the official {cfg.name} layout")
+    raise UserError(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
+  try:
+    state_dict = params_to_state_dict(params, model_layout(cfg.model))
+  except UserError as e:
+    raise UserError(f"{args.src}: {e}") from None
+  save_pth({"model": state_dict}, args.dst)  # atomic: a temporary file beside it, then renamed
+  layout = cfg.get("name") or variant_name(cfg.model)  # training configs have no name
+  print(f"wrote {args.dst}: {len(state_dict)} tensors in the official {layout} layout")
   return 0
 
 
@@ -98,14 +135,18 @@ def main(argv=None) -> int:
   parser.add_argument("--num-classes", type=int,
                       help="fine-tuning: re-initialise the class head for N classes (N + 1 logits)")
   parser.add_argument("--export", action="store_true", help="our checkpoint -> official .pth")
-  parser.add_argument("--force", action="store_true", help="replace the destination if it exists")
+  parser.add_argument("--force", action="store_true",
+                      help="replace the destination if it is a detr-jax checkpoint (with --export: a file)")
+  parser.add_argument("--list-keys", action="store_true",
+                      help="when the keys do not match, list every missing, unexpected and mis-shaped key")
   args = parser.parse_args(argv)
   if args.num_classes is not None and args.num_classes < 1:
     parser.error("--num-classes must be at least 1")
   try:
     return export(args) if args.export else convert(args)
-  except Exception as e:  # CLI boundary: one clear line, never a traceback
-    return _fail(str(e) or type(e).__name__)
+  except (UserError, PthError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """Official state dict <-> our Flax parameters, with a report of every key that does not fit."""
+import argparse
+from collections import Counter
 from dataclasses import dataclass, field
 
 import ml_collections
@@ -6,8 +8,9 @@ import numpy as np
 from flax import traverse_util
 
 from detr_jax.config import VARIANTS, model_config, variant_config
+from detr_jax.errors import UserError
 from detr_jax.models.backbone import RESNET_SPECS
-from detr_jax.torch_io.mapping import Entry, model_layout, resnet_layout, to_flax, to_torch
+from detr_jax.torch_io.mapping import Entry, flax_shape, model_layout, resnet_layout, to_flax, to_torch
 
 
 @dataclass
@@ -22,8 +25,19 @@ class KeyReport:
     return not (self.missing or self.unexpected or self.mismatched)
 
   def lines(self) -> list[str]:
+    """Every problem, one per line."""
     return ([f"missing key: {k}" for k in self.missing] + [f"unexpected key: {k}" for k in self.unexpected]
             + [f"shape mismatch: {k}" for k in self.mismatched])
+
+  def summary(self, first: int = 2, more_hint: str = "") -> str:
+    """One line: the count of each kind of problem and its first `first` keys (then `more_hint`)."""
+    parts = []
+    for items, what in ((self.missing, "missing"), (self.unexpected, "unexpected"), (self.mismatched, "mis-shaped")):
+      if items:
+        more = f"; ... {len(items) - first} more" if len(items) > first else ""
+        parts.append(f"{len(items)} {what} key{'s' if len(items) > 1 else ''} ({'; '.join(items[:first])}{more})")
+    truncated = max(len(self.missing), len(self.unexpected), len(self.mismatched)) > first
+    return ", ".join(parts) + (f" {more_hint}" if truncated and more_hint else "")
 
 
 def check_keys(state_dict: dict, layout: list[Entry], ignore=lambda key: False) -> KeyReport:
@@ -44,9 +58,19 @@ def state_dict_to_params(state_dict: dict, layout: list[Entry]) -> dict:
 
 
 def params_to_state_dict(params: dict, layout: list[Entry]) -> dict[str, np.ndarray]:
-  """Official state dict (float32, official order) from our Flax params."""
-  flat = traverse_util.flatten_dict(params)
-  return {e.key: to_torch(e.kind, np.asarray(flat[e.path], np.float32)) for e in layout}
+  """Official state dict (float32, official order) from our Flax params.
+
+  Raises UserError, naming the parameters, when params do not fit the layout exactly.
+  """
+  flat = {"/".join(path): value for path, value in traverse_util.flatten_dict(params).items()}
+  expected = {"/".join(e.path): flax_shape(e.kind, e.shape) for e in layout}
+  report = KeyReport(missing=[p for p in expected if p not in flat],
+                     unexpected=[p for p in flat if p not in expected],
+                     mismatched=[f"{p}: got {np.shape(v)}, expected {expected[p]}" for p, v in flat.items()
+                                 if p in expected and np.shape(v) != expected[p]])
+  if not report.ok:
+    raise UserError(f"parameters do not fit the model in the config: {report.summary()}")
+  return {e.key: to_torch(e.kind, np.asarray(flat["/".join(e.path)], np.float32)) for e in layout}
 
 
 def convert_official(state_dict: dict, model_cfg, reinit_class_head: bool = False) -> tuple[dict, KeyReport]:
@@ -76,14 +100,22 @@ def convert_torchvision_resnet(state_dict: dict, arch: str) -> tuple[dict, KeyRe
 
 
 def split_checkpoint(obj) -> tuple[dict, object]:
-  """(state dict, training args or None) from `{"model": sd, "args": ...}` or a bare state dict."""
+  """(state dict, training args or None) from `{"model": sd, "args": ...}` or a bare state dict.
+
+  A state dict maps str keys to tensors (numpy arrays); anything else is a UserError.
+  """
   if not isinstance(obj, dict):
-    raise ValueError(f"expected a dict (state dict or {{'model': state dict}}), got {type(obj).__name__}")
-  if "model" in obj and isinstance(obj["model"], dict):
-    return obj["model"], obj.get("args")
-  if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-    return obj, None
-  raise ValueError(f"no state dict found: top-level keys are {sorted(map(str, obj))[:8]}")
+    raise UserError(f"expected a dict (state dict or {{'model': state dict}}), got {type(obj).__name__}")
+  nested = isinstance(obj.get("model"), dict)
+  state_dict, args = (obj["model"], obj.get("args")) if nested else (obj, None)
+  where = "its 'model' entry" if nested else "the file"
+  if not state_dict:
+    raise UserError(f"no state dict found: {where} is an empty dict")
+  for key, value in state_dict.items():
+    if not isinstance(key, str) or not isinstance(value, np.ndarray):
+      raise UserError(f"no state dict found: {where} maps {str(key)[:80]!r} to a {type(value).__name__}, "
+                      "expected str keys and tensors")
+  return state_dict, args
 
 
 def is_torchvision_resnet(state_dict: dict) -> bool:
@@ -97,43 +129,80 @@ def infer_resnet_arch(state_dict: dict, prefix: str = "") -> str:
   for arch, (blocks, is_bottleneck) in RESNET_SPECS.items():
     if is_bottleneck == bottleneck and blocks[2] == layer3:
       return arch
-  raise ValueError(f"unrecognised ResNet: {layer3} blocks in layer3, bottleneck={bottleneck}")
+  raise UserError(f"unrecognised ResNet under {prefix or 'the top level'!r}: {layer3} blocks in layer3 "
+                  f"({prefix}layer3.N.conv1.weight), {'bottleneck' if bottleneck else 'basic'} blocks")
 
 
 def _count_layers(state_dict, prefix):
   return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
 
 
+def _agreed_size(state_dict: dict, witnesses, default: int) -> int:
+  """The size most tensors agree on; witnesses are (key, ndim, axis), absent or other-rank ones skipped.
+
+  One mis-shaped tensor thus cannot change the inferred architecture: it is outvoted and reported
+  by `check_keys` as itself.
+  """
+  sizes = [int(state_dict[k].shape[axis]) for k, ndim, axis in witnesses
+           if k in state_dict and state_dict[k].ndim == ndim]
+  return Counter(sizes).most_common(1)[0][0] if sizes else default
+
+
+def _training_args(args) -> dict:
+  """dilation, nheads, dropout from an official training `args` Namespace (checked types)."""
+  fields = vars(args) if isinstance(args, argparse.Namespace) else {}
+  out = {}
+  for name, types in (("dilation", (bool,)), ("nheads", (int,)), ("dropout", (float, int))):
+    if name in fields:
+      value = fields[name]
+      if not isinstance(value, types) or (name != "dilation" and isinstance(value, bool)):
+        raise UserError(f"training args: {name} is {value!r}, expected a {types[0].__name__}")
+      out[name] = types[0](value)
+  return out
+
+
 def infer_model_config(state_dict: dict, args=None) -> tuple[ml_collections.ConfigDict, list[str]]:
   """Model config of an official checkpoint from its training `args` or else its keys and shapes.
 
-  Returns the config and notes on what could not be seen (DC5 and nheads leave no trace in the
-  weights).
+  Each size is the one most of the tensors that show it agree on. Returns the config and notes on
+  what could not be seen (DC5 and nheads leave no trace in the weights).
   """
   notes = []
   p = "detr." if any(k.startswith("detr.") for k in state_dict) else ""
   if f"{p}query_embed.weight" not in state_dict or f"{p}class_embed.weight" not in state_dict:
-    raise ValueError("not a DETR checkpoint: no query_embed.weight / class_embed.weight")
-  num_queries, hidden_dim = state_dict[f"{p}query_embed.weight"].shape
+    raise UserError(f"not a DETR checkpoint: no {p}query_embed.weight / {p}class_embed.weight")
+  defaults = model_config()
+  layers = [k.rsplit(".", 2)[0] for k in state_dict
+            if k.startswith(f"{p}transformer.") and k.endswith(".linear1.weight")]
+  norms = [k for k in state_dict if k.startswith(f"{p}transformer.") and ".norm" in k]
+  hidden_dim = _agreed_size(state_dict, [(f"{p}query_embed.weight", 2, 1), (f"{p}class_embed.weight", 2, 1),
+                                         (f"{p}input_proj.weight", 4, 0), (f"{p}input_proj.bias", 1, 0)]
+                            + [(k, 1, 0) for k in norms], defaults.hidden_dim)
+  dim_feedforward = _agreed_size(state_dict, [w for layer in layers for w in (
+      (f"{layer}.linear1.weight", 2, 0), (f"{layer}.linear1.bias", 1, 0), (f"{layer}.linear2.weight", 2, 1))],
+                                 defaults.dim_feedforward)
+  num_classes = _agreed_size(state_dict, [(f"{p}class_embed.weight", 2, 0), (f"{p}class_embed.bias", 1, 0)],
+                             defaults.num_classes + 1) - 1
+  if num_classes < 1:
+    raise UserError(f"{p}class_embed has {num_classes + 1} outputs; expected at least 2 (classes + no-object)")
   overrides = dict(
       backbone=infer_resnet_arch(state_dict, f"{p}backbone.0.body."),
-      hidden_dim=int(hidden_dim), num_queries=int(num_queries),
-      num_classes=int(state_dict[f"{p}class_embed.weight"].shape[0]) - 1,
+      hidden_dim=hidden_dim, dim_feedforward=dim_feedforward, num_classes=num_classes,
+      num_queries=_agreed_size(state_dict, [(f"{p}query_embed.weight", 2, 0)], defaults.num_queries),
       enc_layers=_count_layers(state_dict, f"{p}transformer.encoder.layers."),
       dec_layers=_count_layers(state_dict, f"{p}transformer.decoder.layers."),
-      dim_feedforward=int(state_dict[f"{p}transformer.decoder.layers.0.linear1.weight"].shape[0]),
       pre_norm=f"{p}transformer.encoder.norm.weight" in state_dict,
       position_embedding="learned" if f"{p}backbone.1.row_embed.weight" in state_dict else "sine",
       masks=bool(p),
   )
-  if args is not None:
-    for name in ("dilation", "nheads", "dropout"):
-      if hasattr(args, name):
-        overrides[name] = type(model_config()[name])(getattr(args, name))
-    notes.append("architecture read from the checkpoint's training args")
-  else:
+  from_args = _training_args(args)
+  overrides.update(from_args)
+  if from_args:
+    notes.append(f"{', '.join(from_args)} read from the checkpoint's training args")
+  if "dilation" not in from_args:
     notes.append("DC5 (dilation) cannot be seen in the weights: assuming no dilation; pass --model "
                  "..._dc5 for a DC5 checkpoint")
+  if "nheads" not in from_args:
     notes.append("nheads cannot be seen in the weights: assuming 8")
   return model_config(**overrides), notes
 

@@ -119,6 +119,15 @@ def model_layout(cfg) -> list[Entry]:
   return entries
 
 
+def flax_shape(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Shape of a tensor of this kind in our tree: to_flax's result shape, without any data."""
+  if kind == "linear":
+    return tuple(reversed(torch_shape))
+  if kind == "conv":
+    return tuple(torch_shape[i] for i in (2, 3, 1, 0))
+  return tuple(torch_shape)
+
+
 def to_flax(kind: str, value: np.ndarray) -> np.ndarray:
   if kind == "linear":
     return np.ascontiguousarray(value.T)
