@@ -17,23 +17,22 @@ tgt_labels, tgt_boxes, optional tgt_masks. Our matcher and SetCriterion run with
 defaults (mask losses iff pred_masks is present) and are compared with match_src/match_tgt,
 aux_match_src/aux_match_tgt, every lossdict_*, total_weighted_loss and every grad_* array.
 
-Exit code: 0 all pass, 1 some fail, 2 usage error.
+Exit code: 0 all pass, 1 some fail, 2 usage error (bad arguments or input files: one `error:` line).
 """
 import argparse
 import sys
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
+
+from detr_jax.errors import UserError
 
 MODEL_KEYS = ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes", "pred_masks",
               "pp_scores", "pp_labels", "pp_boxes")
 REQUIRED_KEYS = ("pred_logits", "pred_boxes")
 CRITERION_REQUIRED = ("pred_logits", "pred_boxes", "tgt_counts", "tgt_labels", "tgt_boxes")
 CRITERION_PREDICTIONS = ("pred_logits", "pred_boxes", "aux_pred_logits", "aux_pred_boxes", "pred_masks")
-
-
-class UsageError(Exception):
-  """Bad arguments or input files: exit code 2."""
 
 
 class Row(NamedTuple):
@@ -71,11 +70,49 @@ def print_table(rows: list[Row], out=None) -> None:
 
 
 def _load_npz(path: str, what: str) -> dict:
+  """The named arrays of an .npz file; anything else is a UserError naming the file."""
   try:
+    with open(path, "rb") as f:
+      head = f.read(6)
+    if head == b"\x93NUMPY":
+      raise UserError(f"{what} {path}: a single .npy array, expected an .npz archive of named arrays (np.savez)")
+    if not head.startswith(b"PK\x03\x04"):
+      raise UserError(f"{what} {path}: not an .npz archive (np.savez output)")
     with np.load(path, allow_pickle=False) as data:
-      return dict(data)
-  except (OSError, ValueError) as e:
-    raise UsageError(f"cannot read {what} {path}: {e}") from None
+      arrays = {key: data[key] for key in data.files}
+  except OSError as e:
+    raise UserError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+  except (ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{what} {path}: unreadable .npz archive ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:200]})") from None
+  for key, value in arrays.items():
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+      kind = value.dtype if isinstance(value, np.ndarray) else "not an .npy array"
+      raise UserError(f"{what} {path}: {key!r} is {kind}, expected a numeric or bool array")
+  return arrays
+
+
+def check_inputs(inputs: dict, path: str) -> None:
+  """images_padded float [B, 3, H, W] (NCHW), mask bool [B, H, W], optional orig_target_sizes [B, 2]."""
+  for key in ("images_padded", "mask"):
+    if key not in inputs:
+      raise UserError(f"inputs {path}: missing array {key!r} (have {sorted(inputs)})")
+  images, mask = inputs["images_padded"], inputs["mask"]
+  if images.dtype.kind != "f":
+    raise UserError(f"inputs {path}: images_padded has dtype {images.dtype}, expected float32 (normalised pixels)")
+  if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
+    hint = ", not channels last" if images.ndim == 4 and images.shape[-1] == 3 else ""
+    raise UserError(f"inputs {path}: images_padded has shape {images.shape}, expected [B, 3, H, W] (NCHW{hint})")
+  batch, _, height, width = images.shape
+  if mask.dtype != bool:
+    raise UserError(f"inputs {path}: mask has dtype {mask.dtype}, expected bool (True = padding)")
+  if mask.shape != (batch, height, width):
+    raise UserError(f"inputs {path}: mask has shape {mask.shape}, expected {(batch, height, width)} "
+                    "([B, H, W] of images_padded)")
+  sizes = inputs.get("orig_target_sizes")
+  if sizes is not None and (sizes.shape != (batch, 2) or sizes.dtype.kind == "b"):
+    raise UserError(f"inputs {path}: orig_target_sizes has shape {sizes.shape} ({sizes.dtype}), expected "
+                    f"{(batch, 2)} numbers: (h, w) per image")
 
 
 def run_model(config, params, images_nchw, mask, intermediates: bool = False):
@@ -98,17 +135,13 @@ def compare_model(args) -> int:
   from detr_jax.reference_layout import reference_arrays
 
   inputs = _load_npz(args.inputs, "inputs")
+  check_inputs(inputs, args.inputs)
   ref = _load_npz(args.reference, "reference")
-  for key in ("images_padded", "mask"):
-    if key not in inputs:
-      raise UsageError(f"{args.inputs}: missing array {key!r} (have {sorted(inputs)})")
   for key in REQUIRED_KEYS:
     if key not in ref:
-      raise UsageError(f"{args.reference}: missing array {key!r}; at least {', '.join(REQUIRED_KEYS)} are needed")
-  try:
-    config, params = load_model(args.checkpoint)
-  except FileNotFoundError as e:
-    raise UsageError(str(e)) from None
+      raise UserError(f"reference {args.reference}: missing array {key!r}; at least {', '.join(REQUIRED_KEYS)} "
+                      "are needed")
+  config, params = load_model(args.checkpoint)
   print(f"model {config.get('name', '?')}: {config.model.backbone}, {config.model.enc_layers}+"
         f"{config.model.dec_layers} layers, d={config.model.hidden_dim}; inputs {inputs['images_padded'].shape}")
   outputs, inter = run_model(config, params, inputs["images_padded"], inputs["mask"],
@@ -119,12 +152,15 @@ def compare_model(args) -> int:
                                               np.asarray(inputs["orig_target_sizes"]))
     ours.update(pp_scores=np.asarray(scores), pp_labels=np.asarray(labels), pp_boxes=np.asarray(boxes))
   if args.save:
-    np.savez(args.save, **ours)
+    try:
+      np.savez(args.save, **ours)
+    except OSError as e:
+      raise UserError(f"--save {args.save}: cannot write it ({e.strerror or e})") from None
     print(f"saved our arrays to {args.save}")
   keys = [k for k in ref if k in MODEL_KEYS or (args.intermediates and k in ours)]
   missing = [k for k in keys if k not in ours]
   if missing:
-    raise UsageError(f"{args.reference}: arrays {missing} cannot be computed for this model/inputs")
+    raise UserError(f"reference {args.reference}: arrays {missing} cannot be computed for this model/inputs")
   rows = compare_arrays(ours, ref, keys, args.atol, args.rtol)
   print_table(rows)
   return 0 if all(r.passed for r in rows) else 1
@@ -176,12 +212,12 @@ def compare_criterion(args) -> int:
   if "pred_masks" in ref and "tgt_masks" not in ref:
     missing.append("tgt_masks")
   if missing:
-    raise UsageError(f"{args.reference}: missing arrays {missing}")
+    raise UserError(f"{args.reference}: missing arrays {missing}")
   ours = run_criterion(ref, args.backend)
   keys = [k for k in ref if k.startswith(("match_", "aux_match_", "lossdict_", "grad_")) or k == "total_weighted_loss"]
   absent = [k for k in keys if k not in ours]
   if absent:
-    raise UsageError(f"{args.reference}: arrays {absent} have no counterpart in our criterion")
+    raise UserError(f"{args.reference}: arrays {absent} have no counterpart in our criterion")
   print(f"criterion: B={ref['pred_logits'].shape[0]}, Q={ref['pred_logits'].shape[1]}, "
         f"{ref['pred_logits'].shape[-1]} logits, targets {np.asarray(ref['tgt_counts']).tolist()}, "
         f"masks {'pred_masks' in ref}, matcher backend {args.backend}")
@@ -210,7 +246,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     return compare_model(args) if args.command == "model" else compare_criterion(args)
-  except UsageError as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
