@@ -1,6 +1,8 @@
 """convert_torch_weights.py and `python -m detr_jax.compare model`, end to end on the public fixture."""
 import argparse
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,12 +11,13 @@ import numpy as np
 import pytest
 
 import convert_torch_weights
-from conftest import filled_state_dict, fixture_path, load_npz, small_config
+from conftest import filled_state_dict, fixture_path, load_npz, small_config, small_full_config
 from detr_jax import checkpoints, compare
+from detr_jax.errors import UserError
 from detr_jax.fill import fill_v1
 from detr_jax.torch_io import load_pth, save_pth
-from detr_jax.torch_io.convert import infer_model_config
-from detr_jax.torch_io.mapping import resnet_layout
+from detr_jax.torch_io.convert import infer_model_config, state_dict_to_params
+from detr_jax.torch_io.mapping import model_layout, resnet_layout
 
 ROOT = fixture_path("..").rsplit("/tests", 1)[0]
 
@@ -77,6 +80,70 @@ def test_postprocess_arrays_compared(converted, tmp_path, capsys):
   assert "pp_labels" in [line.split()[0] for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
 
 
+def _bad_inputs(kind, tmp_path):
+  inputs = load_npz("inputs.npz")
+  path = tmp_path / "in.npz"
+  if kind == "channels last":
+    inputs["images_padded"] = inputs["images_padded"].transpose(0, 2, 3, 1)
+  elif kind == "uint8 images":
+    inputs["images_padded"] = inputs["images_padded"].astype(np.uint8)
+  elif kind == "int mask":
+    inputs["mask"] = inputs["mask"].astype(np.int64)
+  elif kind == "mask shape":
+    inputs["mask"] = inputs["mask"][:, :-1]
+  elif kind == "no mask":
+    del inputs["mask"]
+  elif kind == "sizes shape":
+    inputs["orig_target_sizes"] = np.array([[10, 20, 30]])
+  elif kind == "object array":
+    inputs["mask"] = np.array(["a", None], dtype=object)
+  elif kind == "npy":
+    path = tmp_path / "in.npy"
+    np.save(path, inputs["images_padded"])
+  elif kind == "text":
+    path.write_text("images_padded = ...")
+  elif kind == "directory":
+    path.mkdir()
+  elif kind == "truncated":
+    np.savez(path, **inputs)
+    path.write_bytes(path.read_bytes()[:1000])
+  if not path.exists():
+    np.savez(path, **inputs)
+  return path, inputs
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("channels last", "images_padded has shape (2, 96, 150, 3), expected [B, 3, H, W] (NCHW, not channels last)"),
+    ("uint8 images", "images_padded has dtype uint8, expected float32 (normalised pixels)"),
+    ("int mask", "mask has dtype int64, expected bool (True = padding)"),
+    ("mask shape", "mask has shape (2, 95, 150), expected (2, 96, 150) ([B, H, W] of images_padded)"),
+    ("no mask", "missing array 'mask' (have ['image_sizes', 'images_padded'])"),
+    ("sizes shape", "orig_target_sizes has shape (1, 3) (int64), expected (2, 2) numbers: (h, w) per image"),
+    ("object array", "unreadable .npz archive (ValueError: Object arrays cannot be loaded when allow_pickle=False)"),
+    ("npy", "a single .npy array, expected an .npz archive of named arrays (np.savez)"),
+    ("text", "not an .npz archive (np.savez output)"),
+    ("truncated", "unreadable .npz archive (BadZipFile: "),
+    ("directory", "cannot read it (Is a directory)"),
+])
+def test_compare_malformed_inputs_exit_2_with_one_line(kind, message, converted, tmp_path, capsys):
+  path, _ = _bad_inputs(kind, tmp_path)
+  assert _compare(converted["detection"], str(path), fixture_path("detection_small.npz")) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""  # refused before anything ran
+  line, = captured.err.strip().splitlines()
+  assert line.startswith(f"error: inputs {path}: {message}")
+
+
+def test_compare_bad_checkpoint_or_reference_exit_2(converted, tmp_path, capsys):
+  np.savez(tmp_path / "ref.npz", pred_logits=np.zeros(3), pred_boxes=np.array(["x"]))
+  assert _compare(converted["detection"], fixture_path("inputs.npz"), str(tmp_path / "ref.npz")) == 2
+  assert _error_lines(capsys) == [f"error: reference {tmp_path / 'ref.npz'}: 'pred_boxes' is <U1, expected a numeric "
+                                  "or bool array"]
+  assert _compare(str(tmp_path), fixture_path("inputs.npz"), fixture_path("detection_small.npz")) == 2
+  assert _error_lines(capsys) == [f"error: {tmp_path}: not a detr-jax model checkpoint (expected a directory holding "
+                                  "params/ and config/)"]
+
+
 def test_compare_fails_on_perturbed_reference_and_usage_errors(converted, tmp_path, capsys):
   ref = load_npz("detection_small.npz")
   ref["pred_boxes"] = ref["pred_boxes"] + 1e-3
@@ -119,13 +186,185 @@ def test_num_classes_reinitialises_only_the_class_head(pth_files, tmp_path, caps
   np.testing.assert_array_equal(params["bbox_embed"]["layers_2"]["kernel"], sd["bbox_embed.layers.2.weight"].T)
 
 
-def test_wrong_variant_lists_keys_and_fails(pth_files, tmp_path, capsys):
+def _error_lines(capsys) -> list[str]:
+  return capsys.readouterr().err.strip().splitlines()
+
+
+def test_wrong_variant_is_a_short_summary(pth_files, tmp_path, capsys):
   assert convert_torch_weights.main([pth_files["detection"], str(tmp_path / "x"), "--model", "detr_resnet50"]) == 1
-  err = capsys.readouterr().err
-  assert "shape mismatch: query_embed.weight: got (20, 128), expected (100, 256)" in err
-  assert "missing key: transformer.encoder.layers.2.self_attn.in_proj_weight" in err
-  assert err.strip().splitlines()[-1].startswith("error: ")
+  lines = _error_lines(capsys)
+  assert len(lines) == 2 and lines[0].startswith("note: the file fits custom (resnet50, 2+2 layers, d=128")
+  assert lines[1] == (
+      f"error: {pth_files['detection']} does not match detr_resnet50: 120 missing keys "
+      "(transformer.encoder.layers.2.self_attn.in_proj_weight; transformer.encoder.layers.2.self_attn.in_proj_bias; "
+      "... 118 more), 71 mis-shaped keys (transformer.encoder.layers.0.self_attn.in_proj_weight: got (384, 128), "
+      "expected (768, 256); transformer.encoder.layers.0.self_attn.in_proj_bias: got (384,), expected (768,); "
+      "... 69 more) (--list-keys lists them all)")
   assert not (tmp_path / "x").exists()
+  assert convert_torch_weights.main([pth_files["detection"], str(tmp_path / "x"), "--model", "detr_resnet50",
+                                     "--list-keys"]) == 1
+  lines = _error_lines(capsys)
+  assert len(lines) == 120 + 71 + 2 and "shape mismatch: query_embed.weight: got (20, 128), expected (100, 256)" in lines
+  assert lines[-1].endswith("... 69 more)")
+
+
+@pytest.mark.parametrize("key, shape, expected", [
+    ("transformer.decoder.layers.0.linear1.weight", (256, 129), (256, 128)),
+    ("query_embed.weight", (20, 129), (20, 128)),  # was: hidden_dim 129 and 66 mis-shaped keys
+    ("input_proj.bias", (127,), (128,)),
+    ("query_embed.weight", (20,), (100, 128)),  # no query count to read: the default is assumed
+])
+def test_one_misshaped_tensor_is_reported_as_itself(key, shape, expected, tmp_path, capsys):
+  """Inference takes the size most tensors agree on: one bad tensor cannot pick another architecture."""
+  sd = filled_state_dict("detection")
+  sd[key] = np.zeros(shape, np.float32)
+  save_pth({"model": sd}, str(tmp_path / "bad.pth"))
+  assert convert_torch_weights.main([str(tmp_path / "bad.pth"), str(tmp_path / "out")]) == 1
+  assert _error_lines(capsys) == [f"error: {tmp_path / 'bad.pth'} does not match custom: 1 mis-shaped key "
+                                  f"({key}: got {shape}, expected {expected})"]
+  assert not (tmp_path / "out").exists()
+
+
+def test_not_a_state_dict_is_one_sentence(tmp_path, capsys):
+  save_pth({"model": {"query_embed.weight": "text"}}, str(tmp_path / "s.pth"))
+  save_pth({"epoch": 3}, str(tmp_path / "e.pth"))
+  save_pth({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(tmp_path / "r.pth"))
+  for name, message in (("s", "no state dict found: its 'model' entry maps 'query_embed.weight' to a str, expected "
+                         "str keys and tensors"),
+                        ("e", "no state dict found: the file maps 'epoch' to a int, expected str keys and tensors"),
+                        ("r", "not a DETR checkpoint: no query_embed.weight / class_embed.weight")):
+    assert convert_torch_weights.main([str(tmp_path / f"{name}.pth"), str(tmp_path / "out")]) == 1
+    assert _error_lines(capsys) == [f"error: {tmp_path / name}.pth: {message}"]
+
+
+def test_force_refuses_a_folder_that_is_not_our_checkpoint(pth_files, tmp_path, capsys):
+  user = tmp_path / "photos"
+  user.mkdir()
+  (user / "holiday.jpg").write_bytes(b"precious")
+  (user / "params").mkdir()  # half of our layout is not enough
+  (tmp_path / "notes.txt").write_text("mine")
+  for dst in (user, tmp_path / "notes.txt"):
+    assert convert_torch_weights.main([pth_files["detection"], str(dst), "--force"]) == 1
+    assert _error_lines(capsys) == [f"error: {dst} exists and is not {convert_torch_weights.CHECKPOINT}; --force "
+                                    f"only replaces {convert_torch_weights.CHECKPOINT}, so it is left as it is"]
+  assert (user / "holiday.jpg").read_bytes() == b"precious" and (tmp_path / "notes.txt").read_text() == "mine"
+  assert convert_torch_weights.main([pth_files["detection"], str(user)]) == 1
+  assert _error_lines(capsys) == [f"error: {user} already exists (use --force to replace it)"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
+
+
+def test_force_replaces_our_checkpoint(pth_files, tmp_path):
+  dst = str(tmp_path / "ckpt")
+  checkpoints.save_model(dst, small_full_config("panoptic"), {"old": {"w": np.ones(3, np.float32)}})
+  assert convert_torch_weights.main([pth_files["detection"], dst, "--force"]) == 0
+  cfg, params = checkpoints.load_model(dst)
+  assert cfg.model.num_classes == 91 and "old" not in params
+  np.testing.assert_array_equal(params["query_embed"]["embedding"], filled_state_dict("detection")["query_embed.weight"])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing left beside it
+
+
+def _tiny_params():
+  return {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+
+def test_save_model_is_atomic(tmp_path, monkeypatch):
+  """A save that fails after writing leaves no output under the final name, and an old checkpoint intact."""
+  real_save = checkpoints.ocp.Checkpointer.save
+
+  def save_then_fail(self, directory, *args, **kwargs):
+    real_save(self, directory, *args, **kwargs)
+    assert os.listdir(directory)  # the data is written (under the temporary name) ...
+    raise OSError(28, "No space left on device")  # ... and then the disk fills up
+
+  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  with pytest.raises(OSError, match="No space left"):
+    checkpoints.save_model(str(tmp_path / "new"), small_full_config("detection"), _tiny_params())
+  assert os.listdir(tmp_path) == []
+  monkeypatch.undo()
+  checkpoints.save_model(str(tmp_path / "old"), small_full_config("detection"), _tiny_params())
+  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  with pytest.raises(OSError, match="No space left"):
+    checkpoints.save_model(str(tmp_path / "old"), small_full_config("panoptic"), {"w": np.zeros(1, np.float32)},
+                           replace=True)
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == ["old"]
+  cfg, params = checkpoints.load_model(str(tmp_path / "old"))
+  assert cfg.name == "detection_small"
+  np.testing.assert_array_equal(params["w"], _tiny_params()["w"])
+
+
+def test_save_model_never_replaces_other_things(tmp_path):
+  (tmp_path / "dir").mkdir()
+  (tmp_path / "dir" / "keep.txt").write_text("keep")
+  for replace in (False, True):
+    with pytest.raises(UserError, match="already exists"):
+      checkpoints.save_model(str(tmp_path / "dir"), small_full_config("detection"), _tiny_params(), replace=replace)
+  assert os.listdir(tmp_path / "dir") == ["keep.txt"] and len(os.listdir(tmp_path)) == 1
+
+
+def test_export_is_atomic(converted, tmp_path, monkeypatch, capsys):
+  out = tmp_path / "exported.pth"
+  out.write_bytes(b"old")
+
+  def no_space(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", no_space)  # the data is written, the rename is still to come
+  assert convert_torch_weights.main(["--export", converted["detection"], str(out), "--force"]) == 1
+  monkeypatch.undo()
+  lines = _error_lines(capsys)
+  assert len(lines) == 1 and lines[0].startswith(f"error: {out}: ") and "No space left on device" in lines[0]
+  assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["exported.pth"]
+  (tmp_path / "dir.pth").mkdir()
+  assert convert_torch_weights.main(["--export", converted["detection"], str(tmp_path / "dir.pth"), "--force"]) == 1
+  assert "is not a file; --force only replaces a file" in _error_lines(capsys)[0]
+
+
+def test_export_of_a_training_checkpoint(tmp_path, capsys):
+  """A training-style checkpoint (config without a name, with training and dataset fields) exports."""
+  sys.path.insert(0, ROOT)
+  from configs.synthetic import get_config
+  config = get_config()
+  layout = model_layout(config.model)
+  sd = fill_v1([(e.key, e.shape) for e in layout], seed=7)
+  checkpoints.save_model(str(tmp_path / "checkpoints" / "3"), config, state_dict_to_params(sd, layout))
+  out = tmp_path / "trained.pth"
+  assert convert_torch_weights.main(["--export", str(tmp_path / "checkpoints" / "3"), str(out)]) == 0
+  assert capsys.readouterr().out == f"wrote {out}: {len(layout)} tensors in the official custom layout\n"
+  exported = load_pth(str(out))["model"]
+  assert list(exported) == list(sd)
+  assert all(np.array_equal(exported[k], v) for k, v in sd.items())
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "trained.pth"]
+
+
+def test_export_refuses_params_that_do_not_fit_their_config(tmp_path, capsys):
+  checkpoints.save_model(str(tmp_path / "c"), small_full_config("detection"), _tiny_params())
+  assert convert_torch_weights.main(["--export", str(tmp_path / "c"), str(tmp_path / "x.pth")]) == 1
+  line, = _error_lines(capsys)
+  assert line.startswith(f"error: {tmp_path / 'c'}: parameters do not fit the model in the config: 338 missing keys "
+                         "(transformer/encoder/layers_0/self_attn/in_proj_kernel; ") and "1 unexpected key (w)" in line
+  assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("damage", ["not a checkpoint", "empty config", "bad json", "no params"])
+def test_damaged_checkpoint_is_one_line(damage, tmp_path, capsys):
+  ckpt = tmp_path / "c"
+  checkpoints.save_model(str(ckpt), small_full_config("detection"), _tiny_params())
+  if damage == "not a checkpoint":
+    shutil.rmtree(ckpt / "config")
+  elif damage == "empty config":
+    for f in (ckpt / "config").iterdir():
+      f.unlink()
+  elif damage == "bad json":
+    for f in (ckpt / "config").iterdir():
+      f.write_text("{")
+  else:
+    shutil.rmtree(ckpt / "params")
+    (ckpt / "params").mkdir()
+  assert convert_torch_weights.main(["--export", str(ckpt), str(tmp_path / "x.pth")]) == 1
+  line, = _error_lines(capsys)
+  assert line.startswith(f"error: {ckpt}: " + ("not a detr-jax model checkpoint" if damage == "not a checkpoint"
+                                               else "damaged checkpoint"))
 
 
 def test_torchvision_resnet_becomes_backbone_checkpoint(tmp_path):
@@ -157,6 +396,8 @@ def test_bad_input_is_one_line_and_exit_1(kind, pth_files, tmp_path):
   src = tmp_path / "bad.pth"
   if kind == "random":
     src.write_bytes(np.random.default_rng(0).bytes(4096))
+  elif kind == "directory":
+    path.mkdir()
   elif kind == "truncated":
     data = open(pth_files["detection"], "rb").read()
     src.write_bytes(data[: len(data) // 2])
