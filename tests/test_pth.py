@@ -1,7 +1,9 @@
 """detr_jax.torch_io.pth: reading real torch files, exact round trips, refusing hostile or broken files."""
 import argparse
+import copyreg
 import os
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -10,7 +12,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from detr_jax.torch_io import PthError, load_pth, save_pth
+from detr_jax.errors import UserError
+from detr_jax.torch_io import PthError, load_pth, pth, save_pth
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pth"
 LEGACY_HEADER = b"".join(pickle.dumps(v, protocol=2) for v in (
@@ -144,28 +147,81 @@ def write_zip(path, records):
       archive.writestr(f"archive/{name}", data)
 
 
-def hostile_pickle(module, name, argument):
-  arg = argument.encode()
-  return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + struct.pack("<I", len(arg)) + arg + b"\x85R."
+class Reduces:
+  """What a hostile pickler writes: unpickling it would call function(*args)."""
+
+  def __init__(self, function, *args):
+    self.function, self.args = function, args
+
+  def __reduce__(self):
+    return self.function, self.args
+
+
+def text(value: str) -> bytes:
+  raw = value.encode()
+  return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def payload(how: str, sentinel: str) -> tuple:
+  """A pickle that would create sentinel if its code ran, and what refusing it says."""
+  command, code = text(f"touch {sentinel}"), text(f"open({sentinel!r}, 'w').close()")
+  proto2 = lambda *parts: b"\x80\x02" + b"".join(parts) + b"."
+  return {
+      "GLOBAL+REDUCE": (proto2(b"cos\nsystem\n", command, b"\x85R"), "forbidden global 'os.system'"),
+      "STACK_GLOBAL": (proto2(b"\x8c\x08builtins\x8c\x04eval\x93", code, b"\x85R"),
+                       "forbidden global 'builtins.eval'"),
+      "NEWOBJ": (proto2(b"cbuiltins\nexec\n", code, b"\x85\x81"), "forbidden global 'builtins.exec'"),
+      "INST": (proto2(b"(", command, b"ios\nsystem\n"), "opcode INST at byte"),
+      "OBJ": (proto2(b"(cos\nsystem\n", command, b"o"), "opcode OBJ at byte"),
+      "EXT1": (proto2(b"\x82\xf0", command, b"\x85R"), "opcode EXT1 at byte 2: not allowed"),
+      "PERSID": (proto2(b"P", command[5:], b"\n"), "opcode PERSID at byte 2: not allowed"),
+      "BINPERSID": (proto2(command, b"Q"), "unknown persistent id kind"),
+      "__reduce__, protocol 2": (pickle.dumps(Reduces(os.system, f"touch {sentinel}"), protocol=2),
+                                 "forbidden global"),
+      "__reduce__, protocol 5": (pickle.dumps(Reduces(eval, f"open({sentinel!r}, 'w').close()"), protocol=5),
+                                 "forbidden global 'builtins.eval'"),
+      "BUILD slot state on an allowed function": (  # would set torch.Size's __defaults__
+          proto2(b"ctorch\nSize\n(N}(", text("__defaults__"), b"(", command, b"tutb"),
+          "pickle sets the state of a Global (BUILD)"),
+      "BUILD on an allowed class": (proto2(b"cargparse\nNamespace\n}(", text("__setstate__"), command, b"ub"),
+                                    "__setstate__() missing 1 required positional argument"),
+      "BUILD on a tensor": (proto2(b"ctorch._utils\n_rebuild_tensor_v2\n((", text("storage"),
+                                   b"ctorch\nFloatStorage\n", text("0"), text("cpu"), b"K\x01tQK\x00)))tR}b"),
+                            "pickle sets the state of a Tensor (BUILD)"),
+  }[how]
+
+
+def reader_state():
+  """What BUILD could change in the reader's allow-listed globals: attributes and defaults."""
+  return {key: vars(value).copy() if isinstance(value, type) else value.function.__defaults__
+          for key, value in pth._GLOBALS.items()}
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
-@pytest.mark.parametrize("module,name,argument", [
-    ("os", "system", "touch {sentinel}"),
-    ("builtins", "eval", "open({sentinel!r}, 'w').close()"),
-])
-def test_refuses_forbidden_globals_before_running_them(tmp_path, kind, module, name, argument):
+@pytest.mark.parametrize("how", [
+    "GLOBAL+REDUCE", "STACK_GLOBAL", "NEWOBJ", "INST", "OBJ", "EXT1", "PERSID", "BINPERSID",
+    "__reduce__, protocol 2", "__reduce__, protocol 5", "BUILD slot state on an allowed function",
+    "BUILD on an allowed class", "BUILD on a tensor"])
+def test_refuses_code_before_running_it(tmp_path, kind, how):
   sentinel = tmp_path / "pwned"
-  payload = hostile_pickle(module, name, argument.format(sentinel=str(sentinel)))
+  data, fragment = payload(how, str(sentinel))
   path = tmp_path / "evil.pth"
   if kind == "zip":
-    write_zip(path, {"data.pkl": payload, "version": b"3\n"})
+    write_zip(path, {"data.pkl": data, "data/0": b"\0" * 4, "version": b"3\n"})
   else:
-    path.write_bytes(LEGACY_HEADER + payload)
-  with pytest.raises(PthError, match=f"forbidden global '{module}.{name}'") as info:
-    load_pth(path)
-  assert str(path) in str(info.value)
+    path.write_bytes(LEGACY_HEADER + data)
+  globals_before = reader_state()
+  copyreg.add_extension("os", "system", 0xF0)  # EXT1 0xF0 would name os.system
+  try:
+    with pytest.raises(PthError, match=re.escape(fragment)) as info:
+      load_pth(path)
+  finally:
+    copyreg.remove_extension("os", "system", 0xF0)
+  message = str(info.value)
+  assert message.startswith(f"{path}: ") and "\n" not in message
   assert not sentinel.exists()
+  assert reader_state() == globals_before  # the file changed nothing of the reader
+  assert_same(load_pth(FIXTURES / "state_zip.pth"), expected_state())
 
 
 def corrupt(tmp_path, what):
@@ -175,6 +231,12 @@ def corrupt(tmp_path, what):
   legacy = (FIXTURES / "state_legacy.pth").read_bytes()
   if what == "missing":
     return path, "cannot read file (No such file or directory)"
+  if what == "fifo":
+    os.mkfifo(path)  # opening it would block
+    return path, "not a regular file"
+  if what == "directory":
+    path.mkdir()
+    return path, "not a regular file"
   if what == "empty":
     path.write_bytes(b"")
     return path, "empty file"
@@ -214,7 +276,7 @@ def corrupt(tmp_path, what):
 
 
 @pytest.mark.parametrize("what", [
-    "missing", "empty", "random", "truncated_zip", "not_torch_zip", "missing_storage", "short_storage",
+    "missing", "fifo", "directory", "empty", "random", "truncated_zip", "not_torch_zip", "missing_storage", "short_storage",
     "unknown_persistent_id", "unsupported_dtype", "truncated_legacy", "truncated_legacy_pickle"])
 def test_broken_files_raise_one_line_pth_error(tmp_path, what):
   path, fragment = corrupt(tmp_path, what)
@@ -222,6 +284,7 @@ def test_broken_files_raise_one_line_pth_error(tmp_path, what):
     load_pth(path)
   message = str(info.value)
   assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
+  assert isinstance(info.value, UserError)  # CLIs print it as one 'error: ...' line
 
 
 def test_reads_big_endian_zip(tmp_path):
