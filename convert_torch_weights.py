@@ -28,7 +28,7 @@ def _check_destination(path: str, force: bool, replaceable, what: str) -> None:
   if not force:
     raise UserError(f"{path} already exists (use --force to replace it)")
   if not replaceable(path):
-    raise UserError(f"{path} exists and is not {what}; --force only replaces {what}, so it is left as it is")
+    raise UserError(f"{path} exists and is not {what}; --force replaces nothing else, so it is left as it is")
 
 
 def _interpret(state_dict: dict, train_args, args):

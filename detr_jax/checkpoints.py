@@ -33,24 +33,28 @@ def save_model(directory: str, config: ml_collections.ConfigDict, params, replac
     raise UserError(f"{directory} already exists" + (" and is not a detr-jax model checkpoint (params/ and "
                                                      "config/); refusing to replace it" if replace else ""))
   params = jax.tree_util.tree_map(np.asarray, params)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
   try:
-    new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-      ckptr.save(new, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict())))
-    if os.path.lexists(path):
-      os.rename(path, old)
-      try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+      new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
+      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(new, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict())))
+      if os.path.lexists(path):
+        os.rename(path, old)
+        try:
+          os.rename(new, path)
+        except OSError:
+          os.rename(old, path)
+          raise
+      else:
         os.rename(new, path)
-      except OSError:
-        os.rename(old, path)
-        raise
-    else:
-      os.rename(new, path)
-  finally:
-    shutil.rmtree(staging)
+    finally:
+      shutil.rmtree(staging)
+  except OSError as e:  # no permission, no space, a parent that is a file, ...
+    reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
+    raise UserError(f"{directory}: cannot write the checkpoint ({reason})") from e
 
 
 def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict]:

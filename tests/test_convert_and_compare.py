@@ -245,8 +245,8 @@ def test_force_refuses_a_folder_that_is_not_our_checkpoint(pth_files, tmp_path, 
   (tmp_path / "notes.txt").write_text("mine")
   for dst in (user, tmp_path / "notes.txt"):
     assert convert_torch_weights.main([pth_files["detection"], str(dst), "--force"]) == 1
-    assert _error_lines(capsys) == [f"error: {dst} exists and is not {convert_torch_weights.CHECKPOINT}; --force "
-                                    f"only replaces {convert_torch_weights.CHECKPOINT}, so it is left as it is"]
+    assert _error_lines(capsys) == [f"error: {dst} exists and is not a detr-jax checkpoint (a directory holding "
+                                    "params/ and config/); --force replaces nothing else, so it is left as it is"]
   assert (user / "holiday.jpg").read_bytes() == b"precious" and (tmp_path / "notes.txt").read_text() == "mine"
   assert convert_torch_weights.main([pth_files["detection"], str(user)]) == 1
   assert _error_lines(capsys) == [f"error: {user} already exists (use --force to replace it)"]
@@ -277,13 +277,13 @@ def test_save_model_is_atomic(tmp_path, monkeypatch):
     raise OSError(28, "No space left on device")  # ... and then the disk fills up
 
   monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(UserError, match="cannot write the checkpoint \\(No space left on device\\)"):
     checkpoints.save_model(str(tmp_path / "new"), small_full_config("detection"), _tiny_params())
   assert os.listdir(tmp_path) == []
   monkeypatch.undo()
   checkpoints.save_model(str(tmp_path / "old"), small_full_config("detection"), _tiny_params())
   monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
-  with pytest.raises(OSError, match="No space left"):
+  with pytest.raises(UserError, match="cannot write the checkpoint \\(No space left on device\\)"):
     checkpoints.save_model(str(tmp_path / "old"), small_full_config("panoptic"), {"w": np.zeros(1, np.float32)},
                            replace=True)
   monkeypatch.undo()
@@ -317,7 +317,8 @@ def test_export_is_atomic(converted, tmp_path, monkeypatch, capsys):
   assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["exported.pth"]
   (tmp_path / "dir.pth").mkdir()
   assert convert_torch_weights.main(["--export", converted["detection"], str(tmp_path / "dir.pth"), "--force"]) == 1
-  assert "is not a file; --force only replaces a file" in _error_lines(capsys)[0]
+  assert _error_lines(capsys) == [f"error: {tmp_path / 'dir.pth'} exists and is not a file; --force replaces nothing "
+                                  "else, so it is left as it is"]
 
 
 def test_export_of_a_training_checkpoint(tmp_path, capsys):
