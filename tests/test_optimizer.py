@@ -3,10 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import traverse_util
 
 from detr_jax.config import training_config
-from detr_jax.training.optimizer import BACKBONE, FROZEN, REST, make_optimizer, param_label
+from detr_jax.training.optimizer import BACKBONE, FROZEN, REST, lr_schedule, make_optimizer, param_label
 
 
 def test_labels_follow_the_official_groups():
@@ -63,3 +64,20 @@ def test_clipping_uses_trained_parameters_only():
   head_mu = [m["class_embed"]["kernel"] for m in mus if "class_embed" in m and
              not isinstance(m["class_embed"]["kernel"], optax.MaskedNode)]
   np.testing.assert_allclose(head_mu[0], 0.1 * clipped, rtol=1e-5)  # (1 - b1) * clipped gradient
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 4])
+def test_lr_drops_at_the_configured_step_with_and_without_warmup(warmup_steps):
+  """x0.1 from lr_drop_step on (optimizer step count from 0); warm-up rises linearly before it."""
+  schedule = lr_schedule(1e-4, training_config(lr_drop_step=10, warmup_steps=warmup_steps))
+  lrs = {step: float(schedule(step)) for step in (0, 2, 4, 9, 10, 11, 100)}
+  assert lrs[9] == pytest.approx(1e-4) and lrs[10] == lrs[11] == lrs[100] == pytest.approx(1e-5)
+  if warmup_steps:
+    assert (lrs[0], lrs[2], lrs[4]) == (0.0, pytest.approx(0.5e-4), pytest.approx(1e-4))
+  else:
+    assert lrs[0] == lrs[4] == pytest.approx(1e-4)
+
+
+def test_lr_drop_inside_the_warmup():
+  schedule = lr_schedule(1.0, training_config(lr_drop_step=2, warmup_steps=4))
+  np.testing.assert_allclose([schedule(s) for s in range(6)], [0, 0.25, 0.05, 0.075, 0.1, 0.1], rtol=1e-6)

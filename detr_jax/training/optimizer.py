@@ -41,13 +41,14 @@ def param_labels(params, lr_backbone: float, freeze_detr: bool = False, freeze_s
 
 
 def lr_schedule(base_lr: float, config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Constant lr, x0.1 at step `lr_drop_step` (the official StepLR), optional linear warm-up."""
+  """Constant lr, x0.1 from step `lr_drop_step` on (the official StepLR), times an optional linear
+  warm-up from 0 over the first `warmup_steps` steps; both count steps from the start of training."""
   boundaries = {config.lr_drop_step: 0.1} if config.lr_drop_step > 0 else {}
   schedule = optax.piecewise_constant_schedule(base_lr, boundaries)
-  if config.warmup_steps > 0:
-    warmup = optax.linear_schedule(0.0, base_lr, config.warmup_steps)
-    schedule = optax.join_schedules([warmup, schedule], [config.warmup_steps])
-  return schedule
+  if config.warmup_steps <= 0:
+    return schedule
+  warmup = optax.linear_schedule(0.0, 1.0, config.warmup_steps)
+  return lambda step: warmup(step) * schedule(step)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
