@@ -2,6 +2,11 @@
 
   python train.py --config configs/synthetic.py --workdir /tmp/detr [--config.total_steps=100 ...]
   python train.py --config configs/synthetic.py --workdir /tmp/detr --mode eval
+  python train.py --config configs/synthetic.py --print_config [--config.total_steps=100 ...]
+
+--config.KEY=VALUE sets any field of the config (--config.model.dropout=0.0,
+--config.dataset.bucket_sides="(640, 800)"); --print_config lists every field with its value
+(the config's defaults with your overrides applied) and exits.
 
 Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints.
 Several hosts: start the same command on each with --coordinator_address HOST:PORT
@@ -13,17 +18,36 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from detr_jax import config as config_lib
+from detr_jax.errors import UserError
+from detr_jax.training import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("config", None, "Configuration file, FILE or FILE:ARG (configs/*.py); set its fields with "
+                    "--config.KEY=VALUE, list them with --print_config.")
+flags.DEFINE_bool("print_config", False, "Print the configuration, one KEY=VALUE per field (defaults with the "
+                  "--config.KEY=VALUE overrides applied), and exit.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and pictures.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate at the end) or only evaluate.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-host training.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_bool("distributed", False, "Multi-host with the cluster detected by jax (TPU pods, SLURM).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[tuple[str, str | None]]:
+  """absl parses train.py's flags; returns the --config.KEY=VALUE overrides (main's argument)."""
+  args, overrides = config_lib.split_overrides(argv[1:])
+  try:
+    extra = FLAGS([argv[0], *args])[1:]
+  except flags.Error as e:
+    raise UserError(f"{e} (see --help)") from None
+  if extra:
+    raise UserError(f"unexpected argument {extra[0]!r} (see --help)")
+  if not FLAGS.config:
+    raise UserError("--config is required, e.g. --config configs/synthetic.py")
+  return overrides
 
 
 def initialize_jax(config) -> None:
@@ -43,26 +67,34 @@ def initialize_jax(config) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
-def main(argv):
-  del argv
+def main(overrides) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   # A failing host callback (the matcher refusing NaN boxes) is reported once, by us, below.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
-  initialize_jax(FLAGS.config)
+  config = config_lib.load_config(FLAGS.config, overrides)
+  if FLAGS.print_config:
+    print(config_lib.format_config(config))
+    return 0
+  if not FLAGS.workdir:
+    raise UserError("--workdir is required (or --print_config)")
+  workdir_lib.check_workdir(FLAGS.workdir, create=FLAGS.mode == "train")
+  initialize_jax(config)
   import jax
+  config_lib.check_config(config, device_count=jax.device_count())
   from detr_jax.training import loop
-  try:
+  with workdir_lib.disk_full_is_user_error(FLAGS.workdir):
     if FLAGS.mode == "eval":
-      stats = loop.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+      stats = loop.evaluate_checkpoint(config, FLAGS.workdir)
     else:
-      stats = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+      stats = loop.train_and_evaluate(config, FLAGS.workdir)
   if jax.process_index() == 0:
     print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
   return 0
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

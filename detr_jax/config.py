@@ -1,9 +1,30 @@
-"""Model configs (ml_collections) for the released DETR variants.
+"""Configs (ml_collections) for the released DETR variants and their training, and config files.
 
 Field names follow the official command-line arguments (`hidden_dim`, `nheads`, `enc_layers`...),
-so a training checkpoint's `args` maps onto them directly.
+so a training checkpoint's `args` maps onto them directly. `load_config` reads a config file
+(configs/*.py) with command-line overrides (`--config.KEY=VALUE`) and checks the values; every
+mistake there is a one-line `UserError`.
 """
+import ast
+import difflib
+import importlib.machinery
+import inspect
+import os
+import re
+import types
+from typing import Iterator, Sequence
+
 import ml_collections
+from absl import flags as absl_flags
+
+from detr_jax.errors import UserError
+
+# Values a config can choose from (checked by `check_config`).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+POSITION_EMBEDDINGS = ("sine", "learned")
+DATASETS = ("synthetic", "coco", "coco_panoptic", "coco_custom", "tfds")
+MATCHER_BACKENDS = ("scipy", "optax")
+COCO_TRAIN_IMAGES = 118_287  # train2017
 
 # Released checkpoints: name -> overrides of the default (DETR R50, COCO detection).
 VARIANTS = {
@@ -20,9 +41,9 @@ VARIANTS = {
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """The official defaults (main.py) with `overrides` applied."""
   cfg = ml_collections.ConfigDict(dict(
-      backbone="resnet50",          # resnet18 | resnet34 | resnet50 | resnet101
+      backbone="resnet50",          # BACKBONES
       dilation=False,               # DC5: layer4 at stride 16 with dilated convs
-      position_embedding="sine",    # sine | learned
+      position_embedding="sine",    # POSITION_EMBEDDINGS
       hidden_dim=256,
       nheads=8,
       enc_layers=6,
@@ -60,8 +81,8 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       lr_backbone=1e-5,           # <= 0 freezes the whole backbone
       weight_decay=1e-4,
       clip_max_norm=0.1,
-      lr_drop_step=0,             # lr x0.1 from this step on (0: never)
-      warmup_steps=0,
+      lr_drop_step=0,             # lr x0.1 from this step on (0: never), warm-up included
+      warmup_steps=0,             # lr rises linearly from 0 over the first warmup_steps steps
       freeze_detr=False,          # panoptic stage 2: train only bbox_attention + mask_head
       freeze_stem=True,           # conv1 + layer1 frozen (official); False when training from scratch
       init_from="",               # converted checkpoint (or backbone-only) to start from
@@ -77,7 +98,7 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       loss=ml_collections.ConfigDict(dict(
           eos_coef=0.1, set_cost_class=1.0, set_cost_bbox=5.0, set_cost_giou=2.0,
           bbox_loss_coef=5.0, giou_loss_coef=2.0, mask_loss_coef=1.0, dice_loss_coef=1.0,
-          matcher_backend="scipy")),
+          matcher_backend="scipy")),  # MATCHER_BACKENDS
   ))
   cfg.update(overrides)
   return cfg
@@ -91,7 +112,7 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
   `tfds_data_dir`), synthetic.
   """
   cfg = ml_collections.ConfigDict(dict(
-      name="coco",
+      name="coco",                  # DATASETS
       coco_path="",
       coco_panoptic_path="",
       masks=False,                  # load instance masks (needed by models with masks=True)
@@ -111,10 +132,18 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def coco_training_config(variant: str, epochs: int = 500, lr_drop_epoch: int = 400, **overrides):
-  """The official recipe (SPEC 6.1) for `variant` on COCO, in steps of the global batch 64."""
-  steps_per_epoch = 118_287 // 64  # train2017 images, drop_last
-  cfg = training_config(total_steps=epochs * steps_per_epoch, lr_drop_step=lr_drop_epoch * steps_per_epoch,
-                        checkpoint_every=steps_per_epoch, eval_every=10 * steps_per_epoch, log_every=100)
+  """The official recipe (SPEC 6.1) for `variant` on COCO: global batch 64, schedule in epochs.
+
+  total_steps, lr_drop_step, checkpoint_every and eval_every are references to the number of
+  steps per epoch, which follows global_batch_size: --config.global_batch_size=32 doubles them
+  (until `load_config` resolves them), and setting one of them leaves the others as they are.
+  """
+  global_batch_size = ml_collections.FieldReference(64)
+  steps_per_epoch = COCO_TRAIN_IMAGES // global_batch_size  # drop_last
+  epochs_in_steps = lambda n: n * steps_per_epoch  # a new reference each, set independently
+  cfg = training_config(global_batch_size=global_batch_size, total_steps=epochs_in_steps(epochs),
+                        lr_drop_step=epochs_in_steps(lr_drop_epoch), checkpoint_every=epochs_in_steps(1),
+                        eval_every=epochs_in_steps(10), log_every=100)
   cfg.name = variant
   cfg.model = model_config(**VARIANTS[variant])
   cfg.dataset = dataset_config(name="coco_panoptic" if cfg.model.num_classes == 250 else "coco",
@@ -136,4 +165,197 @@ def panoptic_training_config(variant: str, stage: str) -> ml_collections.ConfigD
     return cfg
   if stage == "masks":
     return coco_training_config(variant, epochs=25, lr_drop_epoch=15, freeze_detr=True)
-  raise ValueError(f"unknown panoptic stage {stage!r}; expected 'boxes' or 'masks'")
+  raise UserError(f"unknown panoptic stage {stage!r}; expected 'boxes' or 'masks'")
+
+
+# Checked by `check_config` where the config has them.
+NON_NEGATIVE = ("total_steps", "lr_drop_step", "warmup_steps", "eval_batch_size", "log_every", "eval_every",
+                "checkpoint_every", "num_pictures", "lr", "weight_decay", "clip_max_norm")
+POSITIVE = ("global_batch_size", "max_objects", "model.hidden_dim", "model.nheads", "model.dec_layers",
+            "model.dim_feedforward", "model.num_queries")
+CHOICES = {"model.backbone": BACKBONES, "model.position_embedding": POSITION_EMBEDDINGS,
+           "dataset.name": DATASETS, "loss.matcher_backend": MATCHER_BACKENDS}
+
+
+def load_config(spec: str, overrides: Sequence[tuple[str, str | None]] = ()) -> ml_collections.ConfigDict:
+  """The config of file `spec` with `overrides` (see `apply_overrides`) applied, its references
+  resolved (plain values from here on), checked by `check_config` and locked (no new fields)."""
+  config = load_config_file(spec)
+  apply_overrides(config, overrides)
+  check_config(config)  # first: a zero global_batch_size would break the steps per epoch
+  config = config.copy_and_resolve_references()
+  config.lock()
+  return config
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file; `spec` is FILE, or FILE:ARG for get_config(ARG) (a panoptic stage)."""
+  path, has_arg, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path} {'is not a file' if os.path.exists(path) else 'does not exist'}")
+  module = types.ModuleType("config_file")
+  module.__file__ = path
+  try:
+    importlib.machinery.SourceFileLoader(module.__name__, path).exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise UserError(f"config file {path} defines no get_config()")
+  params = inspect.signature(get_config).parameters.values()
+  if has_arg and not params:
+    raise UserError(f"config file {path} takes no argument, got {spec}")
+  required = [p.name for p in params if p.default is inspect.Parameter.empty]
+  if required and not has_arg:
+    raise UserError(f"config file {path} needs an argument: {path}:{required[0].upper()}")
+  return get_config(arg) if has_arg else get_config()
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
+  """Separates the overrides `--config.KEY=VALUE` from the other command-line arguments.
+
+  Returns (the other arguments, [(KEY, VALUE)]). Also accepted: `--config.KEY VALUE` (the next
+  argument, unless it starts with "-" and is not a number), a bare `--config.KEY` (VALUE None: a
+  boolean set to true) and `--noconfig.KEY` (VALUE "false").
+  """
+  pattern = re.compile(r"--?(no)?config\.([^=]+)(?:=(.*))?", re.DOTALL)
+  is_value = lambda word: not word.startswith("-") or re.fullmatch(r"-\.?\d.*", word) is not None
+  rest, overrides, i = [], [], 0
+  while i < len(args):
+    match = pattern.fullmatch(args[i])
+    i += 1
+    if not match:
+      rest.append(args[i - 1])
+      continue
+    negated, key, value = match.groups()
+    if negated:
+      if value is not None:
+        raise UserError(f"--noconfig.{key} takes no value; use --config.{key}={value}")
+      value = "false"
+    elif value is None and i < len(args) and is_value(args[i]):
+      value, i = args[i], i + 1
+    overrides.append((key, value))
+  return rest, overrides
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str | None]]) -> None:
+  """Sets each (KEY, VALUE) of `overrides` in `config`, in order.
+
+  KEY is the dotted path of an existing field ("model.hidden_dim"); VALUE is parsed as the field's
+  type (a tuple as a Python literal, "(640, 800)"); None sets a boolean field to true.
+  """
+  for key, text in overrides:
+    names = key.split(".")
+    node = config
+    for depth, name in enumerate(names):
+      if not isinstance(node, ml_collections.ConfigDict):
+        raise UserError(f"config key {key}: {'.'.join(names[:depth])} is a value, not a section")
+      if name not in node:
+        _unknown_key(config, names, depth, node)
+      if depth < len(names) - 1:
+        node = node[name]
+    node[names[-1]] = _parse_value(key, node.get_type(names[-1]), node[names[-1]], text)
+
+
+def _unknown_key(config: ml_collections.ConfigDict, names: list[str], depth: int,
+                 section: ml_collections.ConfigDict):
+  """Raises the error for the unknown key `names` (its part at `depth`, absent from `section`),
+  suggesting the closest fields (or sections) in that section, else fields of a close name elsewhere."""
+  key, before, after = ".".join(names), names[:depth], names[depth + 1:]
+  is_section = lambda name: isinstance(section[name], ml_collections.ConfigDict)
+  same_kind = [name for name in section.keys() if is_section(name) == bool(after)]
+  near = [".".join(before + [match] + after) for match in difflib.get_close_matches(names[depth], same_kind)]
+  if not near:
+    leaves = list(_field_paths(config))
+    for match in difflib.get_close_matches(names[-1], {path.rsplit(".", 1)[-1] for path in leaves}):
+      near += [path for path in leaves if path.rsplit(".", 1)[-1] == match]
+  if near:
+    raise UserError(f"unknown config key {key}; did you mean {' or '.join(near[:3])}?")
+  where = f"section {'.'.join(before)}" if before else "the config"
+  raise UserError(f"unknown config key {key}; {where} has {', '.join(section.keys())}")
+
+
+def _parse_value(key: str, field_type: type, default, text: str | None):
+  """`text` as a value of `field_type`, for the field `key` whose current value is `default`."""
+  if field_type is bool and text is None:
+    return True
+  if text is None:
+    raise UserError(f"config key {key} needs a value: --config.{key}=VALUE")
+  if isinstance(field_type, type) and issubclass(field_type, ml_collections.ConfigDict):
+    first = next(iter(default.keys()))
+    raise UserError(f"config key {key} is a section; set its fields, e.g. --config.{key}.{first}")
+  if field_type is str:
+    return text
+  if field_type in (tuple, list):
+    return _parse_sequence(key, default, text)
+  parser, expected = {bool: (absl_flags.BooleanParser(), "true or false"),
+                      int: (absl_flags.IntegerParser(), "an integer"),
+                      float: (absl_flags.FloatParser(), "a number")}.get(field_type, (None, None))
+  if parser is None:  # a field without a type (None by default): a Python literal, or else a string
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  try:
+    return parser.parse(text)
+  except ValueError:
+    raise UserError(f"config key {key}: {text!r} is not {expected} (default {default!r})") from None
+
+
+def _parse_sequence(key: str, default, text: str) -> tuple:
+  """A tuple from a Python literal ("(640, 800)", "640, 800" or "640"), with the element type of `default`."""
+  error = UserError(f"config key {key}: {text!r} is not a tuple like {default!r}")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise error from None
+  value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  allowed = {type(v) for v in default}  # the default's element types (a bool is no int); an int is a float too
+  if allowed == {float}:
+    allowed.add(int)
+  if not value or (allowed and any(type(v) not in allowed for v in value)):
+    raise error
+  return tuple(float(v) for v in value) if float in allowed else value
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  """The value at dotted `key`, None where the config has no such field."""
+  node = config
+  for name in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return None
+    node = node[name]
+  return node
+
+
+def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+  """Raises a UserError for a value that cannot work: a negative step count or rate, an unknown
+  choice (CHOICES), a global or eval batch that does not split over `device_count` devices."""
+  for key in POSITIVE + NON_NEGATIVE:
+    value = _lookup(config, key)
+    if value is not None and (value < 0 or (value == 0 and key in POSITIVE)):
+      raise UserError(f"config key {key} must be {'> 0' if key in POSITIVE else '>= 0'}, got {value}")
+  for key, choices in CHOICES.items():
+    value = _lookup(config, key)
+    if value is not None and value not in choices:
+      raise UserError(f"config key {key} is {value!r}; expected one of {', '.join(choices)}")
+  if device_count:
+    eval_batch_size = config.eval_batch_size or config.global_batch_size
+    for kind, batch in (("global", config.global_batch_size), ("eval", eval_batch_size)):
+      if batch % device_count:
+        raise UserError(f"{kind} batch size {batch} must be divisible by the number of devices ({device_count})")
+
+
+def _field_paths(config: ml_collections.ConfigDict, prefix: str = "", leaves_only: bool = True) -> Iterator[str]:
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      if not leaves_only:
+        yield prefix + name
+      yield from _field_paths(value, f"{prefix}{name}.", leaves_only)
+    else:
+      yield prefix + name
+
+
+def format_config(config: ml_collections.ConfigDict) -> str:
+  """One `KEY=VALUE` line per field, KEY dotted as `--config.KEY=VALUE` takes it."""
+  return "\n".join(f"{path}={_lookup(config, path)}" for path in _field_paths(config))
