@@ -271,7 +271,7 @@ def corrupt(tmp_path, what):
     return path, "truncated legacy stream: storage"
   if what == "truncated_legacy_pickle":
     path.write_bytes(legacy[:len(legacy) // 2])
-    return path, "truncated or corrupt legacy stream: main pickle"
+    return path, "legacy stream's main pickle: truncated or corrupt (ValueError: "
   raise AssertionError(what)
 
 

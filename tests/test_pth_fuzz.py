@@ -317,47 +317,54 @@ def check_public(obj) -> None:
       assert type(value) in (type(None), bool, int, float, complex, str, bytes, bytearray), type(value)
 
 
-def worker() -> None:
-  """Loads the paths read from stdin under a memory limit; one JSON line per load on stdout."""
+def worker(paths_file: str, results_file: str) -> None:
+  """Loads the paths listed in paths_file under a memory limit; one JSON line per load in results_file."""
   from detr_jax.torch_io.pth import PthError, load_pth  # pylint: disable=import-outside-toplevel
   load_pth(FIXTURES / "state_zip.pth")  # imports what loading needs (ml_dtypes), outside the limit and the clock
-  with open("/proc/self/statm") as f:
-    vm_bytes = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-  resource.setrlimit(resource.RLIMIT_AS, (vm_bytes + MEMORY_HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
-  for line in sys.stdin:
-    path = line.strip()
-    start = time.perf_counter()
-    try:
-      check_public(load_pth(path))
-      outcome, message = "ok", ""
-    except PthError as e:
-      outcome, message = "PthError", str(e)
-    except Exception:  # what the test is after: any other exception a mutant provokes
-      outcome, message = "bug", traceback.format_exc()
-    print(json.dumps({"path": path, "outcome": outcome, "message": message,
-                      "seconds": time.perf_counter() - start}), flush=True)
+  if os.path.exists("/proc/self/statm"):  # Linux: the address space in use now
+    with open("/proc/self/statm") as f:
+      in_use = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + MEMORY_HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
+  with open(paths_file) as paths, open(results_file, "w") as out:
+    for path in paths.read().splitlines():
+      start = time.perf_counter()
+      try:
+        check_public(load_pth(path))
+        outcome, message = "ok", ""
+      except PthError as e:
+        outcome, message = "PthError", str(e)
+      except Exception:  # what the test is after: any other exception a mutant provokes
+        outcome, message = "bug", traceback.format_exc()
+      out.write(json.dumps({"path": path, "outcome": outcome, "message": message,
+                            "seconds": time.perf_counter() - start}) + "\n")
+      out.flush()
 
 
 def run_workers(paths, processes: int = 2, timeout: float = 300):
-  """Loads paths in worker processes; returns {path: result} and a note for each worker that died."""
+  """Loads paths in worker processes; returns {path: result} and a note for each worker that died or hung."""
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
   env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
-  shards = [paths[i::processes] for i in range(processes)]
-  procs = [subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env) for _ in shards]
-  results, deaths = {}, []
-  deadline = time.monotonic() + timeout
-  for proc, shard in zip(procs, shards):
-    try:
-      out, err = proc.communicate("".join(f"{p}\n" for p in shard), max(deadline - time.monotonic(), 1))
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      out, err = proc.communicate()
-    done = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    results.update((r["path"], r) for r in done)
-    if proc.returncode != 0 or len(done) < len(shard):
-      culprit = shard[len(done)] if len(done) < len(shard) else None
-      deaths.append(f"worker exit {proc.returncode} while loading {culprit}: {err[-2000:]}")
+  with tempfile.TemporaryDirectory() as tmp:
+    jobs = []
+    for i in range(processes):
+      shard, files = paths[i::processes], [os.path.join(tmp, f"{i}.{kind}") for kind in ("in", "out", "err")]
+      Path(files[0]).write_text("".join(f"{p}\n" for p in shard))
+      with open(files[2], "w") as err:
+        jobs.append((subprocess.Popen([sys.executable, __file__, "--worker", *files[:2]], stderr=err, env=env),
+                     shard, files))
+    results, deaths = {}, []
+    deadline = time.monotonic() + timeout
+    for proc, shard, (_, out, err) in jobs:
+      try:
+        proc.wait(max(deadline - time.monotonic(), 1))
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+      done = [json.loads(line) for line in Path(out).read_text().splitlines()] if os.path.exists(out) else []
+      results.update((r["path"], r) for r in done)
+      if proc.returncode != 0 or len(done) < len(shard):
+        culprit = shard[len(done)] if len(done) < len(shard) else None
+        deaths.append(f"worker exit {proc.returncode} while loading {culprit}: {Path(err).read_text()[-2000:]}")
   return results, deaths
 
 
@@ -520,8 +527,8 @@ def test_bombs_are_refused_within_memory_and_time(tmp_path):
 
 
 if __name__ == "__main__":
-  if sys.argv[1:] == ["--worker"]:
-    worker()
+  if sys.argv[1:2] == ["--worker"]:
+    worker(*sys.argv[2:])
     sys.exit(0)
   parser = argparse.ArgumentParser(description="Fuzz detr_jax.torch_io.pth for longer than the test does.")
   parser.add_argument("--count", type=int, default=20000)

@@ -230,12 +230,12 @@ class _Unpickler(pickle.Unpickler):
       return _StorageType(name)
     if module == "torch" and name.endswith("Storage"):
       raise PthError(f"unsupported dtype: storage type 'torch.{_brief(name)[1:-1]}'")
-    raise PthError(f"forbidden global {_brief(f'{module}.{name}')} in pickle (refused before anything ran)")
+    raise PthError(f"forbidden global {_brief(f'{module}.{name}')} (refused before anything ran)")
 
   def persistent_load(self, pid):
     if self._load_storage is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
       kind = pid[0] if isinstance(pid, tuple) and pid else pid
-      raise PthError(f"unknown persistent id kind {_brief(kind)} in pickle")
+      raise PthError(f"unknown persistent id kind {_brief(kind)}")
     if len(pid) not in (5, 6) or not isinstance(pid[1], _StorageType) or type(pid[2]) is not str or (
         type(pid[4]) is not int or pid[4] < 0):
       raise PthError(f"malformed storage persistent id {_brief(pid)}")
@@ -329,17 +329,24 @@ def _check_pickle(stream: io.BytesIO) -> int:
 
 
 def _unpickle(data: bytes, start: int, what: str, load_storage=None):
-  """Checks, then unpickles the pickle at data[start:]; returns the object and the pickle's end."""
+  """Checks, then unpickles the pickle at data[start:]; returns the object and the pickle's end.
+
+  Errors name the pickle: what.
+  """
   stream = io.BytesIO(data)
   stream.seek(start)
   try:
     end = _check_pickle(stream)
-  except ValueError as e:  # pickletools: truncated, unknown opcode, bad argument
-    raise PthError(f"{what} ({_one_line(e)})") from None
+  except PthError as e:
+    raise PthError(f"{what}: {e}") from None
+  except ValueError as e:  # from pickletools: truncated, unknown opcode, bad argument
+    raise PthError(f"{what}: truncated or corrupt ({_one_line(e)})") from None
   try:
     return _Unpickler(io.BytesIO(data[start:end]), load_storage).load(), end
+  except PthError as e:
+    raise PthError(f"{what}: {e}") from None
   except (pickle.UnpicklingError, TypeError, AttributeError, ValueError, IndexError) as e:  # bad operand types
-    raise PthError(f"{what} ({_one_line(e)})") from None
+    raise PthError(f"{what}: corrupt ({_one_line(e)})") from None
 
 
 def _storage_array(buf, offset: int, dtype: np.dtype, numel: int, byteorder: str) -> np.ndarray:
@@ -397,20 +404,22 @@ def _load_zip(f) -> tuple:
       raise PthError(f"storage {_brief(key)} is used with two dtypes or sizes")
     return storages[key]
 
-  obj, _ = _unpickle(read(prefix + "data.pkl"), 0, f"corrupt pickle '{prefix}data.pkl'", load_storage)
+  obj, _ = _unpickle(read(prefix + "data.pkl"), 0, f"pickle '{prefix}data.pkl'", load_storage)
   return obj, sum(storage.array.nbytes for storage in storages.values())
 
 
 def _load_legacy(data: bytes) -> tuple:
   """Returns the unpickled object and the bytes of its storages."""
-  not_torch = "not a torch file: neither a zip archive nor a legacy torch stream"
-  magic, offset = _unpickle(data, 0, not_torch)
+  try:
+    magic, offset = _unpickle(data, 0, "magic number")
+  except PthError:
+    magic = None
   if type(magic) is not int or magic != _LEGACY_MAGIC:
-    raise PthError(not_torch)
-  protocol, offset = _unpickle(data, offset, "truncated or corrupt legacy stream: protocol version")
+    raise PthError("not a torch file: neither a zip archive nor a legacy torch stream")
+  protocol, offset = _unpickle(data, offset, "legacy stream's protocol version")
   if type(protocol) is not int or protocol != _LEGACY_PROTOCOL:
     raise PthError(f"unsupported legacy protocol version {_brief(protocol)}")
-  sys_info, offset = _unpickle(data, offset, "truncated or corrupt legacy stream: sys_info")
+  sys_info, offset = _unpickle(data, offset, "legacy stream's sys_info")
   if not isinstance(sys_info, dict) or not isinstance(sys_info.get("little_endian"), bool):
     raise PthError(f"malformed legacy sys_info {_brief(sys_info)}")
   byteorder = "little" if sys_info["little_endian"] else "big"
@@ -422,8 +431,8 @@ def _load_legacy(data: bytes) -> tuple:
       raise PthError(f"storage {_brief(key)} is used with two dtypes or sizes")
     return storage
 
-  obj, offset = _unpickle(data, offset, "truncated or corrupt legacy stream: main pickle", load_storage)
-  keys, offset = _unpickle(data, offset, "truncated or corrupt legacy stream: storage key list")
+  obj, offset = _unpickle(data, offset, "legacy stream's main pickle", load_storage)
+  keys, offset = _unpickle(data, offset, "legacy stream's storage key list")
   if not isinstance(keys, list):
     raise PthError(f"malformed legacy storage key list {_brief(keys)}")
   for key in keys:
@@ -470,26 +479,18 @@ def _finish(obj, storage_bytes: int):
       budget -= out.nbytes
     elif isinstance(obj, dict):
       out = memo[id(obj)] = {}
-      for key, value in obj.items():
-        key, value = finish(key, depth + 1), finish(value, depth + 1)
-        try:
-          out[key] = value
-        except TypeError:  # a key holding an argparse.Namespace
-          raise PthError(f"unhashable dict key {_brief(key)}") from None
+      for key, value in obj.items():  # keys are numbers, strings and tuples of them (_check_pickle)
+        out[finish(key, depth + 1)] = finish(value, depth + 1)
     elif type(obj) is list:
       out = memo[id(obj)] = []
       out.extend(finish(value, depth + 1) for value in obj)
     elif type(obj) in (tuple, set, frozenset):
-      values = [finish(value, depth + 1) for value in obj]
-      try:
-        out = memo[id(obj)] = type(obj)(values)
-      except TypeError:  # a set member holding an argparse.Namespace
-        raise PthError(f"unhashable set member in {_brief(values)}") from None
+      out = memo[id(obj)] = type(obj)([finish(value, depth + 1) for value in obj])
     elif type(obj) is _Namespace:
       out = memo[id(obj)] = argparse.Namespace()
       vars(out).update((key, finish(value, depth + 1)) for key, value in vars(obj).items())
     else:
-      raise PthError(f"unexpected object {_brief(obj)} in pickle")
+      raise PthError(f"unexpected object {_brief(obj)} in the pickle")
     return out
 
   return finish(obj, 0)
