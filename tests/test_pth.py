@@ -1,11 +1,15 @@
 """detr_jax.torch_io.pth: reading real torch files, exact round trips, refusing hostile or broken files."""
 import argparse
 import copyreg
+import io
 import os
 import pickle
 import re
 import struct
+import sys
+import types
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import ml_dtypes
@@ -285,6 +289,61 @@ def test_broken_files_raise_one_line_pth_error(tmp_path, what):
   message = str(info.value)
   assert message.startswith(f"{path}: ") and fragment in message and "\n" not in message
   assert isinstance(info.value, UserError)  # CLIs print it as one 'error: ...' line
+
+
+def torch_save_pickle(obj, protocol: int, monkeypatch) -> bytes:
+  """data.pkl as torch.save(obj, pickle_protocol=protocol) writes it; Storage objects in obj are 6 floats '0'."""
+  torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+  class FloatStorage:  # only its name is pickled
+    pass
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError(args)
+
+  FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+  FloatStorage.__qualname__, _rebuild_tensor_v2.__qualname__ = "FloatStorage", "_rebuild_tensor_v2"
+  torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+  monkeypatch.setitem(sys.modules, "torch", torch)
+  monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      return ("storage", FloatStorage, "0", "cpu", 6) if obj is Storage else None
+
+  class Tensor:
+    def __init__(self, offset, size, stride):
+      self.args = (offset, size, stride)
+
+    def __reduce__(self):
+      return _rebuild_tensor_v2, (Storage, *self.args, False, OrderedDict())
+
+  out = io.BytesIO()
+  Pickler(out, protocol=protocol).dump(obj(Tensor))
+  return out.getvalue()
+
+
+class Storage:
+  """Marks the storage in torch_save_pickle's objects."""
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_reads_every_pickle_protocol_torch_save_can_use(tmp_path, monkeypatch, protocol):
+  def checkpoint(tensor):
+    w = tensor(0, (2, 3), (3, 1))
+    return {"model": OrderedDict([("w", w), ("w_t", tensor(0, (3, 2), (1, 3))), ("tied", w)]),
+            "optimizer": {"state": {0: {"step": 3}, 1: {"step": 3}}, "param_groups": [{"params": [0, 1]}]},
+            "args": argparse.Namespace(lr=1e-4, milestones=(3, 5)), "shapes": {(2, 3): "w", (3, 2): "w_t"}}
+
+  path = tmp_path / "p.pth"
+  write_zip(path, {"data.pkl": torch_save_pickle(checkpoint, protocol, monkeypatch),
+                   "data/0": np.arange(6, dtype="<f4").tobytes()})
+  got = load_pth(path)
+  w = np.arange(6, dtype=np.float32).reshape(2, 3)
+  assert_same(got["model"], {"w": w, "w_t": w.T, "tied": w})
+  assert got["model"]["tied"] is got["model"]["w"]  # one tensor pickled twice is one array
+  assert got["optimizer"] == {"state": {0: {"step": 3}, 1: {"step": 3}}, "param_groups": [{"params": [0, 1]}]}
+  assert vars(got["args"]) == {"lr": 1e-4, "milestones": (3, 5)} and got["shapes"] == {(2, 3): "w", (3, 2): "w_t"}
 
 
 def test_reads_big_endian_zip(tmp_path):
