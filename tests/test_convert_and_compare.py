@@ -323,7 +323,6 @@ def test_export_is_atomic(converted, tmp_path, monkeypatch, capsys):
 
 def test_export_of_a_training_checkpoint(tmp_path, capsys):
   """A training-style checkpoint (config without a name, with training and dataset fields) exports."""
-  sys.path.insert(0, ROOT)
   from configs.synthetic import get_config
   config = get_config()
   layout = model_layout(config.model)
