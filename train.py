@@ -8,12 +8,14 @@
 --config.dataset.bucket_sides="(640, 800)"); --print_config lists every field with its value
 (the config's defaults with your overrides applied) and exits.
 
-Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints.
+Training resumes automatically from the latest complete checkpoint in WORKDIR/checkpoints, with
+the model saved in it (command-line model settings that differ are named and ignored); a damaged
+one is moved to WORKDIR/damaged_checkpoints/. Ctrl-C or SIGTERM saves a checkpoint after the
+current step and exits 0. A diverging run (NaN/inf) stops before writing anything non-finite.
 Several hosts: start the same command on each with --coordinator_address HOST:PORT
 --num_processes N --process_id I (or --distributed where jax detects them, e.g. TPU pods);
 WORKDIR must be on storage all hosts share.
 """
-import logging as std_logging
 import os
 import sys
 
@@ -69,8 +71,6 @@ def initialize_jax(config) -> None:
 
 def main(overrides) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  # A failing host callback (the matcher refusing NaN boxes) is reported once, by us, below.
-  std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
   config = config_lib.load_config(FLAGS.config, overrides)
   if FLAGS.print_config:
     print(config_lib.format_config(config))
@@ -87,7 +87,7 @@ def main(overrides) -> int:
       stats = loop.evaluate_checkpoint(config, FLAGS.workdir)
     else:
       stats = loop.train_and_evaluate(config, FLAGS.workdir)
-  if jax.process_index() == 0:
+  if stats and jax.process_index() == 0:  # {}: stopped by a signal, after saving a checkpoint
     print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
   return 0
 

@@ -72,9 +72,9 @@ class Checkpointer:
     step, self._unlisted = self._unlisted, None
     directory = self.step_dir(step)
     if jax.process_index() == 0 and os.path.isdir(directory):  # absent: already rotated out
-      tmp = os.path.join(directory, FILE_LIST + ".tmp")
+      sizes, tmp = _file_sizes(directory), os.path.join(directory, FILE_LIST + ".tmp")
       with open(tmp, "w") as f:
-        json.dump(_file_sizes(directory), f)
+        json.dump(sizes, f)
       os.replace(tmp, os.path.join(directory, FILE_LIST))
 
   def damage(self, step: int) -> str | None:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from detr_jax import checkpoints
 from detr_jax.criterion import SetCriterion
 from detr_jax.errors import UserError
-from detr_jax.data import build_dataset, resolve_num_classes
+from detr_jax.data import build_dataset, resolve_num_classes, validate_datasets
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
 from detr_jax.training.checkpoint import Checkpointer
@@ -79,12 +79,12 @@ def load_initial_weights(config, params):
   reinit = []
   for path, value in flat_src.items():
     if path not in flat:
-      raise ValueError(f"{config.init_from}: parameter {'/'.join(path)} does not exist in this model")
+      raise UserError(f"{config.init_from}: parameter {'/'.join(path)} (init_from) does not exist in this model")
     if value.shape != flat[path].shape:
       if "class_embed" in path:
         reinit.append("/".join(path))
         continue
-      raise ValueError(f"{config.init_from}: {'/'.join(path)} has shape {value.shape}, "
+      raise UserError(f"{config.init_from}: {'/'.join(path)} (init_from) has shape {value.shape}, "
                        f"this model needs {flat[path].shape}")
     flat[path] = value
   if reinit:
@@ -159,6 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     adopt_checkpoint_model(config, ckpt.saved_config(resume_step), ckpt.step_dir(resume_step))
   check_model_fits_data(config)
   train_ds, val_ds = build_dataset(config, "train"), build_dataset(config, "val")
+  validate_datasets(train_ds, val_ds)  # every problem now, not when the loader reaches it
   saved_config = {**config.to_dict(), "class_names": list(train_ds.class_names)}
   train_plan = stream_plan(config, train_ds, train=True)
   model = build_model(config.model)
@@ -270,6 +271,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   saved, params = checkpoints.load_model(ckpt.step_dir(step))
   adopt_checkpoint_model(config, saved.to_dict(), ckpt.step_dir(step))
   val_ds = build_dataset(config, "val")
+  validate_datasets(val_ds)
   _, p_eval = steps.pmapped_steps(None, None, None, eval_model(config))
   params_repl = steps.replicate(params, jax.local_device_count())
   log = MetricsLog(workdir, enabled=jax.process_index() == 0)
