@@ -214,26 +214,48 @@ def _free_port():
 
 
 def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
-  """2 processes x 2 fake devices on loopback == 1 process x 4 devices (multi-host data split)."""
-  args = ["--config.total_steps=3", "--config.checkpoint_every=2", "--config.num_pictures=2"]
+  """2 processes x 2 fake devices on loopback == 1 process x 4 devices (multi-host data split),
+  with a SIGTERM to one process mid-run: both stop after the same step, save, exit 0, and the
+  restarted pair continues exactly."""
+  args = ["--config.total_steps=6", "--config.checkpoint_every=2", "--config.num_pictures=2"]
   _train(tmp_path / "one", 4, *args)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-  address = f"localhost:{_free_port()}"
-  cmd = [sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(tmp_path / "two"),
-         *TINY, *args, f"--coordinator_address={address}", "--num_processes=2"]
-  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], outputs
+
+  def launch():
+    address = f"localhost:{_free_port()}"
+    cmd = [sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(tmp_path / "two"),
+           *TINY, *args, f"--coordinator_address={address}", "--num_processes=2"]
+    return [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+  def finish(procs):
+    try:
+      outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+  procs, metrics = launch(), tmp_path / "two" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while procs[1].poll() is None and time.time() < deadline:
+    if metrics.exists() and '{"step": 2,' in metrics.read_text():
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = finish(procs)
+  stopped = [line for line in outputs[0].splitlines() if line.startswith("stopped by SIGTERM after step")]
+  assert len(stopped) == 1, outputs
+  step = int(stopped[0].split("after step ")[1].split(";")[0])
+  assert 2 <= step < 6 and str(step) in os.listdir(tmp_path / "two" / "checkpoints")
+  outputs = finish(launch())
+  assert f"resumed from {tmp_path / 'two'}/checkpoints/{step}" in outputs[0]
   one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-  assert sorted(two) == [1, 2, 3]
-  for step in one:
-    assert two[step] == pytest.approx(one[step], rel=1e-5), step
-  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2", "3"]
+  assert sorted(two) == list(range(1, 7))
+  for s in one:
+    assert two[s] == pytest.approx(one[s], rel=1e-5), s
+  assert "6" in os.listdir(tmp_path / "two" / "checkpoints")
   assert (tmp_path / "two" / "predictions.png").exists()
   assert sum(out.count("eval: AP") for out in outputs) == 1  # reported once
 
