@@ -4,7 +4,7 @@ Each step directory holds `params` and `config` (so `detr_jax.checkpoints.load_m
 like a converted checkpoint; the config also carries the dataset's `class_names`), plus
 `opt_state`, `meta` (step and PRNG key) and `data` (the input iterator's state as JSON).
 
-Once orbax has finished a checkpoint, `files.json` records the size of every file in it, so a
+As soon as orbax has finished a checkpoint, `files.json` records the size of every file in it, so a
 checkpoint later cut short or missing a file (a full disk, a killed copy) is recognised before
 anything reads it; `set_aside` moves such a checkpoint to WORKDIR/damaged_checkpoints/.
 """
@@ -65,6 +65,11 @@ class Checkpointer:
         config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state)))
     self._unlisted = int(state.step)
 
+  def poll(self) -> None:
+    """Writes the file list of the last save once orbax has finished it (cheap; call every step)."""
+    if self._unlisted is not None and not self.manager.is_saving_in_progress():
+      self._list_files()
+
   def _list_files(self) -> None:
     if self._unlisted is None:
       return
@@ -78,11 +83,19 @@ class Checkpointer:
       os.replace(tmp, os.path.join(directory, FILE_LIST))
 
   def damage(self, step: int) -> str | None:
-    """What is wrong with the files of checkpoint `step` (None: complete, or not verifiable
-    because it predates file lists)."""
+    """What is wrong with the files of checkpoint `step` (None: complete). Without a file list
+    (killed before orbax finished, or older than file lists) only the items and the config are
+    checked."""
     directory = self.step_dir(step)
     listed = os.path.join(directory, FILE_LIST)
     if not os.path.exists(listed):
+      missing = [item for item in ITEMS if not os.path.isdir(os.path.join(directory, item))]
+      if missing:
+        return f"{missing[0]}/ is missing"
+      try:
+        self.saved_config(step)
+      except (OSError, json.JSONDecodeError) as e:
+        return f"config/metadata is unreadable ({e})"
       return None
     with open(listed) as f:
       try:

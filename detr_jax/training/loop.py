@@ -218,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       done = step + 1
       state_repl, metrics = p_train(state_repl, steps.shard(batch, len(devices)))
       finiteness.append((done, metrics.pop("finite")))
+      ckpt.poll()
       window_images += config.global_batch_size
       bar.update(1)
       if config.log_every and (done % config.log_every == 0 or done == config.total_steps):
