@@ -287,7 +287,23 @@ def test_train_and_evaluate_on_a_coco_format_folder(tmp_path):
   assert 0 <= final[0]["eval/AP"] <= 1 and final[0]["eval/APs"] != -1  # small objects exist in val
   config = json.load(open(tmp_path / "run" / "checkpoints" / "3" / "config" / "metadata"))
   assert config["model"]["num_classes"] == 91  # max category id (90) + 1, read from train_json
-  again = subprocess.run([sys.executable, "train.py", *args, "--mode", "eval"], cwd=ROOT, env=env,
+  categories = json.load(open(data / "annotations" / "instances_train2017.json"))["categories"]
+  assert len(config["class_names"]) == 91  # saved for predict: the dataset's names by id
+  assert all(config["class_names"][c["id"]] == c["name"] for c in categories)
+  # eval needs only the val settings: the model comes from the checkpoint
+  val_only = [a for a in args if not a.startswith(("--config.dataset.train_", "--config.model."))]
+  again = subprocess.run([sys.executable, "train.py", *val_only, "--mode", "eval"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr
   assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]  # same AP line
+
+
+def test_panoptic_stage_2_needs_init_from(tmp_path):
+  """Training only the mask head on a random frozen detector is refused before any work."""
+  result = subprocess.run([sys.executable, "train.py", "--config", "configs/detr_resnet50_panoptic.py",
+                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      "error: freeze_detr (panoptic stage 2) trains only the mask head: set init_from to the stage-1 box "
+      "model's checkpoint"]
