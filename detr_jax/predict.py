@@ -13,7 +13,8 @@ bucket and batch. Per image, in --out-dir:
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
   <stem>.json          {"image", "size": [h, w], "detections": [{"label", "name", "score", "box_xyxy"}],
                        and for mask models "segments_info": [{"id", "isthing", "category_id", "area", "name"}]}
-Boxes are (x0, y0, x1, y1) in original pixels.
+Boxes are (x0, y0, x1, y1) in original pixels. A detection whose score or box is not finite (NaN
+or inf, from a broken model) is not written: the JSON stays valid JSON (and its box is not drawn).
 
 Images are read as a photo viewer shows them: turned upright by their EXIF orientation (so sizes,
 boxes and pictures are in the upright image's pixels; training data is read without it, as the
@@ -186,10 +187,12 @@ def image_results(out: dict, i: int, size, orig_size, threshold: float, config) 
 
 
 def to_json(path: str, hw, result: dict, names) -> dict:
-  """The JSON record of one image (see the module doc)."""
+  """The JSON record of one image (see the module doc); a detection with a non-finite score or box
+  coordinate (NaN, inf: JSON has no such numbers) is left out, as the picture leaves out its box."""
+  finite = np.isfinite(result["scores"]) & np.isfinite(result["boxes"]).all(-1)
   record = {"image": path, "size": [int(hw[0]), int(hw[1])], "detections": [
       {"label": int(label), "name": names[label], "score": float(score), "box_xyxy": [float(v) for v in box]}
-      for score, label, box in zip(result["scores"], result["labels"], result["boxes"])]}
+      for score, label, box in zip(result["scores"][finite], result["labels"][finite], result["boxes"][finite])]}
   if "panoptic" in result:
     record["segments_info"] = [{**s, "name": names[s["category_id"]]} for s in result["panoptic"]["segments_info"]]
   return record
@@ -243,7 +246,7 @@ def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold
     draw_panoptic(image, pan["png_ids"], pan["segments_info"], names, scale).save(stem + "_panoptic.png")
     line += f", {len(pan['segments_info'])} panoptic segments"
   with open(stem + ".json", "w") as f:
-    json.dump(record, f, indent=1)
+    json.dump(record, f, indent=1, allow_nan=False)  # strict JSON: no NaN or Infinity
   return f"{line} -> {stem}.png"
 
 

@@ -360,3 +360,21 @@ def test_class_names_from_the_checkpoint():
   assert names(len(CLASS_NAMES), dataset=dataset_config(name="synthetic")) == CLASS_NAMES
   with pytest.raises(UserError, match="ckpt: config class_names has 3 names for 91 classes"):
     names(class_names=["a", "b", "c"])
+
+
+def test_json_leaves_out_detections_with_non_finite_numbers(tmp_path):
+  """A NaN / inf score or box coordinate would be written as NaN / Infinity, which is not JSON: such a detection
+  is left out; the file parses with a strict parser (no NaN constants) and keeps the finite detections."""
+  image = np.full((20, 30, 3), 128, np.uint8)
+  result = {"scores": np.array([0.9, np.nan, 0.8, 0.75, np.inf], np.float32),
+            "labels": np.array([1, 2, 3, 4, 5], np.int32),
+            "boxes": np.array([[1, 2, 10, 12], [0, 0, 5, 5], [np.nan, 0, 5, 5], [3, 4, 20, np.inf], [0, 0, 1, 1]],
+                              np.float32)}
+  names = [str(i) for i in range(6)]
+  line = predict.write_outputs("photo.jpg", image, result, names, str(tmp_path), threshold=0.7)
+  assert line == f"photo.jpg: 1 detections -> {tmp_path / 'photo'}.png"
+
+  def no_constants(name):
+    raise AssertionError(f"{name} in the JSON")
+  record = json.loads((tmp_path / "photo.json").read_text(), parse_constant=no_constants)
+  assert record["detections"] == [{"label": 1, "name": "1", "score": pytest.approx(0.9), "box_xyxy": [1, 2, 10, 12]}]
