@@ -4,6 +4,7 @@ Categories: 1 person and 2 car (things), 3 sky and 4 road (stuff). Id maps are b
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detr_jax.evaluation.panoptic import format_table, pq_compute, read_panoptic_png, write_panoptic_predictions
+from detr_jax.evaluation.panoptic import format_table, main, pq_compute, read_panoptic_png, write_panoptic_predictions
 
 CATEGORIES = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "car", "isthing": 1},
               {"id": 3, "name": "sky", "isthing": 0}, {"id": 4, "name": "road", "isthing": 0}]
@@ -249,3 +250,131 @@ def test_cli_invalid_predictions(tmp_path):
   assert proc.returncode == 1 and proc.stdout == ""
   assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
   assert "segment ids [7] are in the PNG but not in segments_info" in proc.stderr
+
+
+# ---- the CLI on broken inputs: one `error: ...` line naming the file (and key), exit code 1 ----
+
+PNG = "000000000001.png"
+
+
+def _edit_json(path, change):
+  with open(path) as f:
+    data = json.load(f)
+  change(data)
+  with open(path, "w") as f:
+    json.dump(data, f)
+
+
+def _write(path, content):
+  with open(path, "w" if isinstance(content, str) else "wb") as f:
+    f.write(content)
+
+
+def _truncate(path):
+  """Cuts the end of the image data and the IEND chunk."""
+  with open(path, "rb") as f:
+    data = f.read()
+  _write(path, data[:-30])
+
+
+def _replace_by_folder(path):
+  os.remove(path)
+  os.mkdir(path)
+
+
+def _pred_segment(key, value):
+  return lambda p: _edit_json(p["pred_json"], lambda d: d["annotations"][0]["segments_info"][0].__setitem__(key, value))
+
+
+def _gt_segment(key, value):
+  return lambda p: _edit_json(p["gt_json"], lambda d: d["annotations"][0]["segments_info"][0].__setitem__(key, value))
+
+
+# name -> (damage(paths), the error line after "error: " with {gt_json}, {pred_json}, {gt}, {pred} filled in).
+# Before, the TypeError cases ended in a traceback and the others printed OS messages without the file.
+BROKEN_INPUTS = {
+    "gt_json_missing": (lambda p: os.remove(p["gt_json"]), "{gt_json}: file not found"),
+    "gt_json_a_folder": (lambda p: _replace_by_folder(p["gt_json"]), "{gt_json}: cannot read it (Is a directory)"),
+    "pred_json_not_json": (lambda p: _write(p["pred_json"], "{oops"), "{pred_json}: not valid json (Expecting "
+                           "property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    "pred_json_binary": (lambda p: _write(p["pred_json"], b"\xff\xfe\x00\x01"), "{pred_json}: not valid json ("),
+    "pred_json_a_list": (lambda p: _write(p["pred_json"], "[]"),
+                         '{pred_json}: expected a json object with "annotations", got a list'),
+    "pred_annotations_a_number": (lambda p: _write(p["pred_json"], '{"annotations": 5}'),
+                                  "{pred_json}: annotations is 5, expected a list"),
+    "gt_annotations_null": (lambda p: _edit_json(p["gt_json"], lambda d: d.update(annotations=None)),
+                            "{gt_json}: annotations is null, expected a list"),
+    "gt_category_id_a_list": (lambda p: _edit_json(p["gt_json"], lambda d: d["categories"][0].update(id=[1])),
+                              "{gt_json}: categories: id is [1], expected an integer"),
+    "gt_isthing_text": (lambda p: _edit_json(p["gt_json"], lambda d: d["categories"][0].update(isthing="yes")),
+                        '{gt_json}: category 1: isthing is "yes", expected 0 or 1'),
+    "segments_info_a_number": (
+        lambda p: _edit_json(p["pred_json"], lambda d: d["annotations"][0].update(segments_info=3)),
+        "{pred_json}, image_id 1: segments_info is 3, expected a list"),
+    "segment_id_null": (_pred_segment("id", None), "{pred_json}, image_id 1: segments_info: id is null, expected an "
+                                                   "integer"),
+    "segment_id_text": (_pred_segment("id", "abc"), '{pred_json}, image_id 1: segments_info: id is "abc", expected '
+                                                    'an integer'),
+    "segment_id_fraction": (_pred_segment("id", 1.5), "{pred_json}, image_id 1: segments_info: id is 1.5, expected "
+                                                      "an integer"),
+    "segment_category_a_list": (_pred_segment("category_id", [1]), "{pred_json}, image_id 1: segment id 1: "
+                                                                   "category_id is [1], expected an integer"),
+    "gt_area_text": (_gt_segment("area", "big"), '{gt_json}, image_id 1: segment id 1: area is "big", expected a '
+                                                 'number'),
+    "gt_area_zero": (_gt_segment("area", 0), "{gt_json}, image_id 1: segment id 1 has area 0, expected a positive "
+                                             "number"),
+    "gt_iscrowd_text": (_gt_segment("iscrowd", "yes"), '{gt_json}, image_id 1: segment id 1 has iscrowd "yes", '
+                                                       'expected 0 or 1'),
+    "gt_file_name_a_number": (
+        lambda p: _edit_json(p["gt_json"], lambda d: d["annotations"][0].update(file_name=5)),
+        "{gt_json}, image_id 1: file_name is 5, expected a string"),
+    "pred_image_id_a_list": (
+        lambda p: _edit_json(p["pred_json"], lambda d: d["annotations"][0].update(image_id=[1])),
+        "{pred_json}: annotations: image_id is [1], expected an integer or a string"),
+    "pred_png_missing": (lambda p: os.remove(os.path.join(p["pred"], PNG)), "{pred}/" + PNG + ": PNG not found"),
+    "pred_png_empty": (lambda p: _write(os.path.join(p["pred"], PNG), ""),
+                       "{pred}/" + PNG + ": not an image file PIL can read"),
+    "pred_png_truncated": (lambda p: _truncate(os.path.join(p["pred"], PNG)),
+                           "{pred}/" + PNG + ": cannot read the PNG (image file is truncated)"),
+    "pred_png_a_folder": (lambda p: _replace_by_folder(os.path.join(p["pred"], PNG)),
+                          "{pred}/" + PNG + ": cannot read the PNG (Is a directory)"),
+    "gt_png_grey": (lambda p: Image.fromarray(np.zeros((10, 10), np.uint8)).save(os.path.join(p["gt"], PNG)),
+                    "{gt}/" + PNG + ": expected an RGB panoptic PNG, got an array of shape (10, 10)"),
+    "pred_png_wrong_size": (lambda p: _save_png(os.path.join(p["pred"], PNG), np.ones((10, 12), np.int64)),
+                            "{pred}/" + PNG + " ({pred_json}, image_id 1): the PNG is (10, 12) (h, w), the ground "
+                            "truth PNG (10, 10)"),
+    "gt_folder_a_file": (lambda p: (shutil.rmtree(p["gt"]), _write(p["gt"], "")),
+                         "{gt}: segmentation folder is not a folder"),
+}
+
+
+def _broken_paths(tmp_path):
+  images, _ = CASES["true_positives"]
+  return dict(zip(("gt_json", "pred_json", "gt", "pred"), write_dataset(tmp_path, images)))
+
+
+def _main(capsys, p, *extra):
+  code = main(["--gt-json", p["gt_json"], "--gt-folder", p["gt"], "--pred-json", p["pred_json"], "--pred-folder",
+               p["pred"], *extra])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_INPUTS))
+def test_cli_broken_inputs_are_one_line(tmp_path, capsys, name):
+  paths = _broken_paths(tmp_path)
+  damage, expected = BROKEN_INPUTS[name]
+  damage(paths)
+  code, out, err = _main(capsys, paths)
+  assert (code, out) == (1, "")
+  assert err.count("\n") == 1 and err.startswith("error: " + expected.format(**paths)), err
+
+
+def test_cli_checks_out_before_evaluating(tmp_path, capsys, monkeypatch):
+  """--out in a missing folder or a folder is refused before the evaluation (which can take minutes on COCO)."""
+  paths = _broken_paths(tmp_path)
+  monkeypatch.setattr(sys.modules[main.__module__], "pq_compute", lambda *a: pytest.fail("evaluated"))
+  for out, message in ((tmp_path / "missing" / "r.json", f"folder {tmp_path / 'missing'} does not exist"),
+                       (tmp_path, "is a folder; give a file name")):
+    code, stdout, err = _main(capsys, paths, "--out", str(out))
+    assert (code, stdout, err) == (1, "", f"error: --out {out}: {message}\n")

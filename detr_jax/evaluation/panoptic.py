@@ -8,6 +8,9 @@ crowd region of its category. Predicted areas are pixel counts, ground-truth are
 else pixel counts). A predicted id 0 is a segment when segments_info lists it, else unlabelled pixels.
 
 CLI: python -m detr_jax.evaluation.panoptic --gt-json G --gt-folder GF --pred-json P --pred-folder PF [--out R]
+A file that cannot be evaluated (missing, not json, a key missing or of the wrong type, a PNG unreadable, not RGB or
+of another size than its ground truth, ids of the PNG and segments_info that differ) is a `PanopticError`, one
+`error: FILE...: what is wrong` line, exit code 1.
 """
 import argparse
 import collections
@@ -16,44 +19,85 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+
+from detr_jax.errors import UserError
 
 VOID = 0
 OFFSET = 256 ** 3
 GROUPS = (("All", None), ("Things", True), ("Stuff", False))
 
 
-def _key(record, key, where):
+class PanopticError(UserError, ValueError):
+  """A ground-truth or prediction file (json or PNG) that cannot be evaluated (also a ValueError, as before)."""
+
+
+# Types a json value must have, and how an error message names them; a bool is no number here.
+INTEGER, NUMBER, TEXT, LIST = ((int,), "an integer"), ((int, float), "a number"), ((str,), "a string"), ((list,), "a list")
+IMAGE_ID = ((int, str), "an integer or a string")
+
+
+def _key(record, key, where, kind=None):
+  """record[key], of `kind` (INTEGER, NUMBER, TEXT, LIST; None: any); a PanopticError naming `where` otherwise."""
   if not isinstance(record, dict) or key not in record:
-    raise ValueError(f"{where}: missing key {key!r}")
-  return record[key]
+    raise PanopticError(f"{where}: missing key {key!r}")
+  value = record[key]
+  if kind is not None and (not isinstance(value, kind[0]) or isinstance(value, bool)):
+    raise PanopticError(f"{where}: {key} is {json.dumps(value)[:80]}, expected {kind[1]}")
+  return value
 
 
 def _load_json(path):
+  """The json object (a dict) of file `path`."""
   try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid json ({e})") from None
+    with open(path, "rb") as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise PanopticError(f"{path}: file not found") from None
+  except OSError as e:  # a directory, no permission, ...
+    raise PanopticError(f"{path}: cannot read it ({e.strerror or e})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise PanopticError(f"{path}: not valid json ({e})") from None
+  if not isinstance(data, dict):
+    raise PanopticError(f"{path}: expected a json object with \"annotations\", got a {type(data).__name__}")
+  return data
 
 
 def read_panoptic_png(path):
   """Segment ids int64 [H, W] of a COCO panoptic PNG (RGB; an alpha channel is ignored)."""
-  rgb = np.asarray(Image.open(path))
+  try:
+    with Image.open(path) as img:
+      rgb = np.asarray(img)
+  except FileNotFoundError:
+    raise PanopticError(f"{path}: PNG not found") from None
+  except UnidentifiedImageError:
+    raise PanopticError(f"{path}: not an image file PIL can read") from None
+  except (OSError, Image.DecompressionBombError) as e:  # a directory, truncated data, ...
+    raise PanopticError(f"{path}: cannot read the PNG ({e.strerror or e})") from None
   if rgb.ndim != 3 or rgb.shape[-1] < 3:
-    raise ValueError(f"{path}: expected an RGB panoptic PNG, got an array of shape {rgb.shape}")
+    raise PanopticError(f"{path}: expected an RGB panoptic PNG, got an array of shape {rgb.shape}")
   rgb = rgb[..., :3].astype(np.int64)
   return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
-def _segments(annotation, categories, where):
-  """{id: segment} of an annotation's segments_info in json order (a repeated id keeps its last entry)."""
+def _segments(annotation, categories, where, ground_truth=False):
+  """{id: segment} of an annotation's segments_info in json order (a repeated id keeps its last entry).
+
+  Ground-truth segments may have "area" (a positive number) and "iscrowd" (0 or 1).
+  """
   segments = {}
-  for segment in _key(annotation, "segments_info", where):
-    segments[int(_key(segment, "id", where))] = segment
-    if _key(segment, "category_id", where) not in categories:
-      raise ValueError(f"{where}: segment id {segment['id']} has unknown category_id {segment['category_id']}")
+  for segment in _key(annotation, "segments_info", where, LIST):
+    segment_id = _key(segment, "id", f"{where}: segments_info", INTEGER)
+    segments[segment_id] = segment
+    category = _key(segment, "category_id", f"{where}: segment id {segment_id}", INTEGER)
+    if category not in categories:
+      raise PanopticError(f"{where}: segment id {segment_id} has unknown category_id {category}")
+    if ground_truth and "area" in segment and not _key(segment, "area", f"{where}: segment id {segment_id}", NUMBER) > 0:
+      raise PanopticError(f"{where}: segment id {segment_id} has area {segment['area']}, expected a positive number")
+    if ground_truth and segment.get("iscrowd", 0) not in (0, 1):
+      raise PanopticError(f"{where}: segment id {segment_id} has iscrowd {json.dumps(segment['iscrowd'])[:80]}, "
+                          f"expected 0 or 1")
   return segments
 
 
@@ -61,16 +105,16 @@ def _check_pred_ids(pred_pixels, pred_segments, where):
   """Raises when an id of the PNG (other than an unlisted 0) or of segments_info is missing from the other."""
   unlisted = sorted(i for i in pred_pixels if i not in pred_segments and i != VOID)
   if unlisted:
-    raise ValueError(f"{where}: segment ids {unlisted} are in the PNG but not in segments_info")
+    raise PanopticError(f"{where}: segment ids {unlisted} are in the PNG but not in segments_info")
   missing = sorted(set(pred_segments) - set(pred_pixels))
   if missing:
-    raise ValueError(f"{where}: segment ids {missing} are in segments_info but not in the PNG")
+    raise PanopticError(f"{where}: segment ids {missing} are in segments_info but not in the PNG")
 
 
 def _image_stats(gt_ids, pred_ids, gt_segments, pred_segments, stats, where):
   """Adds one image to stats {category_id: [iou sum, tp, fp, fn]}; gt_ids / pred_ids [H, W] segment ids."""
   if gt_ids.shape != pred_ids.shape:
-    raise ValueError(f"{where}: the PNG is {pred_ids.shape} (h, w), the ground truth PNG {gt_ids.shape}")
+    raise PanopticError(f"{where}: the PNG is {pred_ids.shape} (h, w), the ground truth PNG {gt_ids.shape}")
   pairs, counts = np.unique(gt_ids.astype(np.uint64) * OFFSET + pred_ids.astype(np.uint64), return_counts=True)
   intersection = dict(zip(zip((pairs // OFFSET).tolist(), (pairs % OFFSET).tolist()), counts.tolist()))
   gt_pixels, pred_pixels = collections.Counter(), collections.Counter()
@@ -137,25 +181,30 @@ def pq_compute(gt_json, pred_json, gt_folder, pred_folder):
   """
   for folder in (gt_folder, pred_folder):
     if not os.path.isdir(folder):
-      raise ValueError(f"{folder}: segmentation folder does not exist")
+      problem = "is not a folder" if os.path.exists(folder) else "does not exist"
+      raise PanopticError(f"{folder}: segmentation folder {problem}")
   gt, pred = _load_json(gt_json), _load_json(pred_json)
   categories = {}
-  for category in _key(gt, "categories", gt_json):
-    categories[_key(category, "id", f"{gt_json}: categories")] = category
-    _key(category, "isthing", f"{gt_json}: category {category['id']}")
-  predictions = {_key(a, "image_id", f"{pred_json}: annotations"): a for a in _key(pred, "annotations", pred_json)}
+  for category in _key(gt, "categories", gt_json, LIST):
+    where = f"{gt_json}: category {_key(category, 'id', f'{gt_json}: categories', INTEGER)}"
+    if _key(category, "isthing", where) not in (0, 1):
+      raise PanopticError(f"{where}: isthing is {json.dumps(category['isthing'])[:80]}, expected 0 or 1")
+    categories[category["id"]] = category
+  predictions = {_key(a, "image_id", f"{pred_json}: annotations", IMAGE_ID): a
+                 for a in _key(pred, "annotations", pred_json, LIST)}
   stats = collections.defaultdict(lambda: [0.0, 0, 0, 0])
   # The bar shows on a terminal only (disable=None) and is closed before an error propagates.
-  with tqdm(_key(gt, "annotations", gt_json), desc="panoptic quality", unit="image", disable=None) as images:
+  with tqdm(_key(gt, "annotations", gt_json, LIST), desc="panoptic quality", unit="image", disable=None) as images:
     for gt_ann in images:
-      image_id = _key(gt_ann, "image_id", f"{gt_json}: annotations")
+      image_id = _key(gt_ann, "image_id", f"{gt_json}: annotations", IMAGE_ID)
       if image_id not in predictions:
-        raise ValueError(f"{pred_json}: no prediction for image_id {image_id}")
+        raise PanopticError(f"{pred_json}: no prediction for image_id {image_id}")
       pred_ann = predictions[image_id]
       gt_where, pred_where = f"{gt_json}, image_id {image_id}", f"{pred_json}, image_id {image_id}"
-      gt_png = os.path.join(gt_folder, _key(gt_ann, "file_name", gt_where))
-      pred_png = os.path.join(pred_folder, _key(pred_ann, "file_name", pred_where))
-      _image_stats(read_panoptic_png(gt_png), read_panoptic_png(pred_png), _segments(gt_ann, categories, gt_where),
+      gt_png = os.path.join(gt_folder, _key(gt_ann, "file_name", gt_where, TEXT))
+      pred_png = os.path.join(pred_folder, _key(pred_ann, "file_name", pred_where, TEXT))
+      _image_stats(read_panoptic_png(gt_png), read_panoptic_png(pred_png),
+                   _segments(gt_ann, categories, gt_where, ground_truth=True),
                    _segments(pred_ann, categories, pred_where), stats, f"{pred_png} ({pred_where})")
   results = {}
   for name, isthing in GROUPS:
@@ -206,7 +255,8 @@ def write_panoptic_predictions(results, out_dir, json_name="predictions.json"):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="COCO panoptic quality of predictions, as panopticapi computes it.")
+  parser = argparse.ArgumentParser(prog="python -m detr_jax.evaluation.panoptic",
+                                   description="COCO panoptic quality of predictions, as panopticapi computes it.")
   parser.add_argument("--gt-json", required=True, help="ground-truth panoptic json (annotations and categories)")
   parser.add_argument("--gt-folder", required=True, help="folder of the ground-truth PNGs")
   parser.add_argument("--pred-json", required=True, help="predictions json (annotations)")
@@ -214,16 +264,36 @@ def main(argv=None):
   parser.add_argument("--out", help="where to write the result dict as json")
   args = parser.parse_args(argv)
   try:
+    if args.out:
+      _check_out(args.out)
     results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder)
     if args.out:
-      with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-  except (ValueError, OSError) as e:
+      try:
+        with open(args.out, "w") as f:
+          json.dump(results, f, indent=1)
+      except OSError as e:  # e.g. the disk is full
+        raise UserError(f"--out {args.out}: cannot write it ({e.strerror or e})") from None
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(format_table(results))
   return 0
 
 
+def _check_out(path):
+  """A UserError when the result file `path` cannot be written (checked before the evaluation)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f"--out {path}: is a folder; give a file name")
+  if not os.path.isdir(folder):
+    raise UserError(f"--out {path}: folder {folder} does not exist")
+  if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise UserError(f"--out {path}: no permission to write it")
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
