@@ -34,7 +34,8 @@ class PanopticError(UserError, ValueError):
 
 
 # Types a json value must have, and how an error message names them; a bool is no number here.
-INTEGER, NUMBER, TEXT, LIST = ((int,), "an integer"), ((int, float), "a number"), ((str,), "a string"), ((list,), "a list")
+INTEGER, NUMBER, TEXT, LIST = ((int,), "an integer"), ((int, float), "a number"), ((str,), "a string"), \
+    ((list,), "a list")
 IMAGE_ID = ((int, str), "an integer or a string")
 
 
@@ -93,8 +94,10 @@ def _segments(annotation, categories, where, ground_truth=False):
     category = _key(segment, "category_id", f"{where}: segment id {segment_id}", INTEGER)
     if category not in categories:
       raise PanopticError(f"{where}: segment id {segment_id} has unknown category_id {category}")
-    if ground_truth and "area" in segment and not _key(segment, "area", f"{where}: segment id {segment_id}", NUMBER) > 0:
-      raise PanopticError(f"{where}: segment id {segment_id} has area {segment['area']}, expected a positive number")
+    if ground_truth and "area" in segment:
+      area = _key(segment, "area", f"{where}: segment id {segment_id}", NUMBER)
+      if not area > 0:
+        raise PanopticError(f"{where}: segment id {segment_id} has area {area}, expected a positive number")
     if ground_truth and segment.get("iscrowd", 0) not in (0, 1):
       raise PanopticError(f"{where}: segment id {segment_id} has iscrowd {json.dumps(segment['iscrowd'])[:80]}, "
                           f"expected 0 or 1")
