@@ -20,14 +20,17 @@ from detr_jax.torch_io.convert import convert_official
 from detr_jax.torch_io.mapping import model_layout
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="detr_resnet50", choices=list(VARIANTS))
   parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--isolate-padding", action="store_true", help="the batch-invariant model (see ResNet)")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if min(args.size) < 1 or args.batch < 1 or args.reps < 1:
+    parser.error(f"--size, --batch and --reps must be positive, got {args.size[0]} {args.size[1]}, {args.batch}, "
+                 f"{args.reps}")
 
   cfg = variant_config(args.model).model
   params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)

@@ -5,16 +5,18 @@
 
 Each batch: decode JPEG, official random flip / crop / multi-scale resize, normalise, pad into the
 dataset.bucket_sides buckets, collate (`detr_jax.data.pipeline.Batches`). Images: --coco-path's
-train2017 split, or --images synthetic COCO-format JPEGs of --size (COCO's typical 480x640),
-written to a temporary folder by `detr_jax.data.fake_coco`. --runs are WORKERS:THREADS pairs
-(workers "default": `dataset_config().workers`, i.e. -1, min(8, CPUs) processes). Timing starts after
---warmup batches plus as many as the loader can hold ready (workers x (prefetch + threads)), so
-batches prepared while the workers started are not counted. --step-seconds S (a train step at the
-same --batch, see benchmarks/train_step.py) compares the pipeline's rate with what training needs.
+train2017 split (validated first, as training does), or --images synthetic COCO-format JPEGs of
+--size (COCO's typical 480x640), written to a temporary folder by `detr_jax.data.fake_coco`.
+--runs are WORKERS:THREADS pairs (workers "default": `dataset_config().workers`, i.e. -1, min(8,
+CPUs) processes). Timing starts after --warmup batches plus as many as the loader can hold ready
+(workers x (prefetch + threads)), so batches prepared while the workers started are not counted.
+--step-seconds S (a train step at the same --batch, see benchmarks/train_step.py) compares the
+pipeline's rate with what training needs.
 """
 import argparse
 import json
 import os
+import re
 import tempfile
 import time
 
@@ -23,6 +25,7 @@ from detr_jax.data import fake_coco
 from detr_jax.data.coco import CocoDetection
 from detr_jax.data.pipeline import Batches, StreamPlan, default_workers
 from detr_jax.data.transforms import Augment
+from detr_jax.errors import UserError
 
 PREFETCH = 2  # Batches' default prefetch (per worker buffer and per read-thread pool)
 
@@ -47,7 +50,7 @@ def measure(dataset, args, workers: int, threads: int) -> dict:
           "first_s": times[0] - start, "shape": f"{sorted(hs)[len(hs) // 2]}x{sorted(ws)[len(ws) // 2]}"}
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--coco-path", default="", help="COCO folder (train2017/, annotations/); default: synthetic")
   parser.add_argument("--images", type=int, default=64, help="synthetic images to write")
@@ -58,13 +61,27 @@ def main():
   parser.add_argument("--runs", nargs="+", default=["default:2", "0:1", "0:2", "1:2", "2:2"],
                       metavar="WORKERS:THREADS", help='workers: a count or "default" (dataset_config().workers)')
   parser.add_argument("--step-seconds", type=float, default=0.0, help="seconds of one train step at --batch")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if min(args.images, args.batch, args.batches) < 1 or args.warmup < 0 or args.step_seconds < 0:
+    parser.error(f"--images, --batch and --batches must be positive, --warmup and --step-seconds >= 0, got "
+                 f"{args.images}, {args.batch}, {args.batches}, {args.warmup}, {args.step_seconds}")
+  if not all(fake_coco.MIN_SIDE <= side <= fake_coco.MAX_SIDE for side in args.size):
+    parser.error(f"--size: each side must be in {fake_coco.MIN_SIDE}..{fake_coco.MAX_SIDE}, got {args.size[0]} "
+                 f"{args.size[1]}")
+  bad_runs = [run for run in args.runs if not re.fullmatch(r"(default|\d+):[1-9]\d*", run)]
+  if bad_runs:
+    parser.error(f"--runs: {' '.join(bad_runs)} is not WORKERS:THREADS (workers a count or default, threads >= 1)")
 
   with tempfile.TemporaryDirectory() as tmp:
     root = args.coco_path or tmp
     if not args.coco_path:
       fake_coco.write_split(tmp, "train", args.images, tuple(args.size))
-    dataset = CocoDetection(os.path.join(root, "train2017"), os.path.join(root, "annotations/instances_train2017.json"))
+    try:
+      dataset = CocoDetection(os.path.join(root, "train2017"),
+                              os.path.join(root, "annotations/instances_train2017.json"))
+      dataset.validate()
+    except UserError as e:  # --coco-path: files missing or broken
+      parser.exit(1, f"error: {e}\n")
     print(f"{len(dataset)} images ({'synthetic ' + 'x'.join(map(str, args.size)) if not args.coco_path else root}), "
           f"{os.cpu_count()} CPUs, batch {args.batch}, {args.batches} batches timed", flush=True)
     rows = []

@@ -32,14 +32,20 @@ def _median_time(fn, reps):
   return statistics.median(times)
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="detr_resnet50_panoptic", choices=[v for v in VARIANTS if "panoptic" in v])
   parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
   parser.add_argument("--mask-queries", type=int, nargs="+", default=(0, 25), help="0: all queries")
   parser.add_argument("--kept", type=int, default=15, help="queries the post-processing keeps")
   parser.add_argument("--reps", type=int, default=3)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  num_queries = variant_config(args.model).model.num_queries
+  if min(args.size) < 1 or args.reps < 1:
+    parser.error(f"--size and --reps must be positive, got {args.size[0]} {args.size[1]}, {args.reps}")
+  if not all(0 <= k <= num_queries for k in args.mask_queries) or not 1 <= args.kept < num_queries:
+    parser.error(f"--mask-queries must be in 0..{num_queries} and --kept in 1..{num_queries - 1}, got "
+                 f"{' '.join(map(str, args.mask_queries))} and {args.kept}")
 
   cfg = variant_config(args.model).model
   params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)

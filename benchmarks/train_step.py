@@ -37,7 +37,7 @@ def random_batch(batch: int, h: int, w: int, objects: int, num_classes: int, max
   return out
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="detr_resnet50", choices=list(VARIANTS))
   parser.add_argument("--size", type=int, nargs=2, default=(512, 683), metavar=("H", "W"))
@@ -45,7 +45,14 @@ def main():
   parser.add_argument("--objects", type=int, default=7)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--dropout", type=float, default=0.1)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if min(args.size) < 1 or args.batch < 1 or args.reps < 1 or args.objects < 0:
+    parser.error(f"--size, --batch and --reps must be positive and --objects >= 0, got {args.size[0]} "
+                 f"{args.size[1]}, {args.batch}, {args.reps}, {args.objects}")
+  if not 0 <= args.dropout < 1:
+    parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+  if args.batch % jax.local_device_count():
+    parser.error(f"--batch {args.batch} must be divisible by the number of devices ({jax.local_device_count()})")
 
   config = training_config(global_batch_size=args.batch, max_objects=max(args.objects, 1))
   config.model = variant_config(args.model).model

@@ -34,6 +34,7 @@ import os
 import pickle
 import sys
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -54,11 +55,16 @@ def fail(msg):
 
 def import_official(repo):
   """Imports torch and the official modules from `repo`, patching what newer torchvision lacks."""
+  try:
+    import torch
+  except ModuleNotFoundError:
+    fail("needs PyTorch, which is not installed here: pip install torch torchvision (see the module doc)")
   if not os.path.isfile(os.path.join(repo, "models", "detr.py")):
     fail(f"--detr-repo {repo!r} is not an official DETR checkout (no models/detr.py)")
-  import torch
   try:
     import torchvision
+  except ModuleNotFoundError:
+    fail("needs torchvision, which is not installed here: pip install torchvision")
   except RuntimeError as e:  # compiled ops built for another torch: declare the schemas it expects
     if "torchvision::nms" not in str(e):
       raise
@@ -73,12 +79,15 @@ def import_official(repo):
   if not hasattr(torchvision.ops.misc, "interpolate"):
     torchvision.ops.misc.interpolate = torch.nn.functional.interpolate
   sys.path.insert(0, os.path.abspath(repo))
-  import models.backbone as backbone
-  import models.detr as detr
-  import models.position_encoding as position_encoding
-  import models.segmentation as segmentation
-  import models.transformer as transformer
-  import util.misc as misc
+  try:
+    import models.backbone as backbone
+    import models.detr as detr
+    import models.position_encoding as position_encoding
+    import models.segmentation as segmentation
+    import models.transformer as transformer
+    import util.misc as misc
+  except ModuleNotFoundError as e:  # the official code needs e.g. scipy, or the checkout is incomplete
+    fail(f"the official code in {repo!r} imports {e.name}, which is not installed or not in the checkout")
   backbone.is_main_process = lambda: False  # no ImageNet download when building the ResNet
   return torch, dict(backbone=backbone, detr=detr, position_encoding=position_encoding,
                      segmentation=segmentation, transformer=transformer, misc=misc)
@@ -178,6 +187,23 @@ def load_images(torch, m, repo, paths):
               orig_target_sizes=np.array(orig, np.int64))
 
 
+def load_inputs(path):
+  """The arrays of a stored INPUTS.npz (images_padded and mask at least)."""
+  try:
+    archive = np.load(path)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      fail(f"--inputs {path!r} is a single .npy array, not an .npz archive (np.savez)")
+    with archive:
+      inputs = {k: archive[k] for k in archive.files}
+  except OSError as e:  # missing, a directory, ...
+    fail(f"cannot read --inputs {path!r}: {e.strerror or e}")
+  except (ValueError, EOFError, zipfile.BadZipFile) as e:  # not an .npz archive, or a damaged one
+    fail(f"--inputs {path!r} is not a readable .npz archive ({' '.join(str(e).split())[:200]})")
+  if "images_padded" not in inputs or "mask" not in inputs:
+    fail(f"{path!r} lacks images_padded or mask")
+  return inputs
+
+
 def run(torch, m, model, inputs, with_backbone):
   captured = {}
   detr = model.detr if hasattr(model, "detr") else model
@@ -241,6 +267,7 @@ def main(argv=None):
   if a.inputs and a.out_inputs:
     fail("--out-inputs is only for IMAGE files")
 
+  inputs = load_inputs(a.inputs) if a.inputs else None  # checked before the slow imports
   torch, m = import_official(a.detr_repo)
   if a.threads:
     torch.set_num_threads(a.threads)
@@ -251,12 +278,7 @@ def main(argv=None):
   model = build(m, arch)
   named_shapes = load_weights(torch, model, a)
 
-  if a.inputs:
-    with np.load(a.inputs) as f:
-      inputs = {k: f[k] for k in f.files}
-    if "images_padded" not in inputs or "mask" not in inputs:
-      fail(f"{a.inputs!r} lacks images_padded or mask")
-  else:
+  if inputs is None:
     inputs = load_images(torch, m, a.detr_repo, a.images)
     if a.out_inputs:
       np.savez(a.out_inputs, **inputs)

@@ -5,22 +5,29 @@
 DIR gets the official layouts: train2017/ val2017/ (JPEG), annotations/instances_*2017.json
 (compressed-RLE masks, category ids CATEGORY_IDS) and panoptic/annotations/panoptic_*2017.json
 with panoptic/panoptic_*2017/ (PNG; things are the shapes, the rest of the image is one stuff
-segment, with a thin void border). Use it with `--config.dataset.coco_path=DIR` (and
+segment, with a thin void border). DIR must be new or empty (nothing is overwritten); it is
+written completely or not at all. Use it with `--config.dataset.coco_path=DIR` (and
 `--config.dataset.coco_panoptic_path=DIR/panoptic`).
 """
 import argparse
 import json
 import os
+import shutil
+import sys
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
+from detr_jax.errors import UserError
 from detr_jax.postprocess import id2rgb
 
 CATEGORY_IDS = (1, 3, 5, 17, 44, 90)  # thing ids of the six synthetic classes (sparse, as COCO's)
 STUFF_ID, STUFF_NAME = 184, "background"
+# Image sides the CLI accepts: in smaller images four shapes do not always fit (each keeping most
+# of its pixels visible); larger ones take gigabytes of memory to draw.
+MIN_SIDE, MAX_SIDE = 16, 4096
 CATEGORIES = [{"id": i, "name": n, "supercategory": "shape", "isthing": 1} for i, n in zip(CATEGORY_IDS, CLASS_NAMES)]
 
 
@@ -70,17 +77,56 @@ def write_split(root: str, split: str, num_images: int, image_size=(480, 640), s
     json.dump({"images": images, "annotations": panoptic, "categories": CATEGORIES + [stuff_category]}, f)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("root")
+def write_dataset(root: str, num_train: int, num_val: int, image_size=(480, 640)) -> None:
+  """Writes both splits into `root`, a new or empty folder, all at once: they are written into a
+  temporary folder beside it, renamed to `root` at the end (removed on any failure or Ctrl-C).
+
+  UserError when `root` is a file or a folder with anything in it (nothing is overwritten), or when
+  writing fails (no permission, disk full), naming the folder.
+  """
+  if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+    raise UserError(f"{root} {'is a file' if not os.path.isdir(root) else 'is not empty'}; give a new or empty "
+                    f"folder (nothing is overwritten)")
+  parent, name = os.path.split(os.path.abspath(root))
+  if os.path.isfile(parent):
+    raise UserError(f"cannot write {root}: {parent} is a file")
+  tmp = os.path.join(parent, f".{name}.{os.getpid()}.tmp")
+  try:
+    os.makedirs(parent, exist_ok=True)
+    os.mkdir(tmp)
+    write_split(tmp, "train", num_train, image_size)
+    write_split(tmp, "val", num_val, image_size)
+    os.replace(tmp, root)  # replaces an empty folder
+  except OSError as e:
+    raise UserError(f"cannot write {root}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)  # nothing left there after the rename
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m detr_jax.data.fake_coco", description=__doc__.splitlines()[0])
+  parser.add_argument("root", help="output folder, new or empty")
   parser.add_argument("--train", type=int, default=64, help="training images")
   parser.add_argument("--val", type=int, default=16, help="validation images")
-  parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+  parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                      help=f"image size, each side {MIN_SIDE}..{MAX_SIDE}")
   args = parser.parse_args(argv)
-  write_split(args.root, "train", args.train, tuple(args.size))
-  write_split(args.root, "val", args.val, tuple(args.size))
+  if min(args.train, args.val) < 0:
+    parser.error(f"--train and --val must be >= 0, got {args.train} and {args.val}")
+  if not all(MIN_SIDE <= side <= MAX_SIDE for side in args.size):
+    parser.error(f"--size: each side must be in {MIN_SIDE}..{MAX_SIDE}, got {args.size[0]} {args.size[1]}")
+  try:
+    write_dataset(args.root, args.train, args.val, tuple(args.size))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   print(f"wrote {args.train} + {args.val} images to {args.root}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
