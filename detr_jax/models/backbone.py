@@ -1,7 +1,8 @@
 """torchvision-style ResNet (v1.5) with FrozenBatchNorm and optional DC5 dilation (NHWC).
 
 Parameter names mirror torchvision: `conv1`, `bn1`, `layer{1..4}_{block}` with `conv{k}`,
-`bn{k}` and `downsample_conv` / `downsample_bn`.
+`bn{k}` and `downsample_conv` / `downsample_bn`. Blocks, widths and strides come from
+`detr_jax.architecture.resnet_stages`, shared with the official key layout.
 """
 from typing import Sequence
 
@@ -9,21 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detr_jax.architecture import BOTTLENECK_EXPANSION, STEM_CHANNELS, resnet_stages
 from detr_jax.ops.resize import resize_nearest
-
-# Blocks per stage and whether the stage uses bottleneck blocks.
-RESNET_SPECS = {
-    "resnet18": ((2, 2, 2, 2), False),
-    "resnet34": ((3, 4, 6, 3), False),
-    "resnet50": ((3, 4, 6, 3), True),
-    "resnet101": ((3, 4, 23, 3), True),
-}
-
-
-def num_channels(name: str) -> tuple[int, ...]:
-  """Output channels of layer1..layer4."""
-  expansion = 4 if RESNET_SPECS[name][1] else 1
-  return tuple(w * expansion for w in (64, 128, 256, 512))
 
 
 class FrozenBatchNorm(nn.Module):
@@ -109,7 +97,7 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, valid=None):
-    out = 4 * self.width
+    out = BOTTLENECK_EXPANSION * self.width
     y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 1, name="conv1")(x)))
     y = _conv(self.width, 3, self.stride, self.dilation, name="conv2")(_zero_padding(y, valid))
     y = nn.relu(FrozenBatchNorm(self.width, name="bn2")(y))
@@ -133,27 +121,18 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    blocks, bottleneck = RESNET_SPECS[self.arch]
-    block_cls = Bottleneck if bottleneck else BasicBlock
-    expansion = 4 if bottleneck else 1
     valid = None if mask is None else (~mask)[..., None].astype(x.dtype)
-    x = nn.relu(FrozenBatchNorm(64, name="bn1")(_conv(64, 7, 2, name="conv1")(x)))
+    x = nn.relu(FrozenBatchNorm(STEM_CHANNELS, name="bn1")(_conv(STEM_CHANNELS, 7, 2, name="conv1")(x)))
     x = _zero_padding(x, _strided(valid, 2))  # >= 0 after the ReLU, so 0 never wins the max pool
     valid = _strided(valid, 4)
     x = _zero_padding(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))), valid)
-    levels, in_channels, dilation = [], 64, 1
-    for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
-      stride = 1 if stage == 1 else 2
-      previous_dilation = dilation
-      if stage == 4 and self.dilation:
-        dilation, stride = dilation * stride, 1
-      for i in range(n):
-        x = block_cls(width, stride=stride if i == 0 else 1,
-                      dilation=previous_dilation if i == 0 else dilation,
-                      downsample=i == 0 and (stride != 1 or in_channels != width * expansion),
-                      name=f"layer{stage}_{i}")(x, valid)
-        valid = _strided(valid, stride if i == 0 else 1)
-      in_channels = width * expansion
+    levels = []
+    for blocks in resnet_stages(self.arch, self.dilation):
+      for block in blocks:
+        block_cls = Bottleneck if block.bottleneck else BasicBlock
+        x = block_cls(block.width, block.stride, block.dilation, block.downsample,
+                      name=f"layer{block.stage}_{block.index}")(x, valid)
+        valid = _strided(valid, block.stride)
       levels.append(x)
     return levels
 

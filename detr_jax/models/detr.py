@@ -9,9 +9,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detr_jax.architecture import BBOX_MLP_LAYERS
 from detr_jax.models.backbone import ResNet, downsample_mask
 from detr_jax.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
-from detr_jax.models.transformer import Transformer
+from detr_jax.models.transformer import Transformer, TransformerConfig
 
 
 class MLP(nn.Module):
@@ -37,18 +38,16 @@ class DETR(nn.Module):
   """
   num_classes: int = 91
   num_queries: int = 100
-  hidden_dim: int = 256
-  num_heads: int = 8
-  enc_layers: int = 6
-  dec_layers: int = 6
-  dim_feedforward: int = 2048
-  dropout: float = 0.1
-  pre_norm: bool = False
+  transformer_config: TransformerConfig = TransformerConfig()  # hidden_dim: also input_proj, queries, heads
   backbone: str = "resnet50"
   dilation: bool = False
   position_embedding: str = "sine"
   aux_loss: bool = True
   isolate_padding: bool = False  # batch-invariant features (see ResNet); official: False
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.transformer_config.hidden_dim
 
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
@@ -65,14 +64,13 @@ class DETR(nn.Module):
     src_proj = nn.Conv(self.hidden_dim, (1, 1), name="input_proj")(levels[-1])
     query_embed = nn.Embed(self.num_queries, self.hidden_dim, embedding_init=nn.initializers.normal(1.0),
                            name="query_embed")(jnp.arange(self.num_queries))
-    hs, memory = Transformer(self.num_heads, self.enc_layers, self.dec_layers, self.dim_feedforward,
-                             self.dropout, self.pre_norm, name="transformer")(
-                                 src_proj, masks[-1], query_embed, pos, deterministic)
+    hs, memory = Transformer(self.transformer_config, name="transformer")(
+        src_proj, masks[-1], query_embed, pos, deterministic)
     for key, value in (("pos", pos), ("src_proj", src_proj), ("memory", memory), ("hs", hs)):
       self.sow("intermediates", key, value)
 
     logits = nn.Dense(self.num_classes + 1, name="class_embed")(hs)
-    boxes = jax.nn.sigmoid(MLP(self.hidden_dim, 4, 3, name="bbox_embed")(hs))
+    boxes = jax.nn.sigmoid(MLP(self.hidden_dim, 4, BBOX_MLP_LAYERS, name="bbox_embed")(hs))
     outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
     if self.aux_loss:
       outputs.update(aux_pred_logits=logits[:-1], aux_pred_boxes=boxes[:-1])

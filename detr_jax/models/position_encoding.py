@@ -4,6 +4,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from detr_jax.architecture import LEARNED_POSITION_CELLS
+
 
 class PositionEmbeddingSine(nn.Module):
   """Sine encoding of normalised (y, x) coordinates of the unpadded area.
@@ -39,11 +41,12 @@ class PositionEmbeddingLearned(nn.Module):
   @nn.compact
   def __call__(self, mask):
     _, h, w = mask.shape
-    if h > 50 or w > 50:
-      raise ValueError(f"learned position embedding supports at most 50x50 cells, got {h}x{w}")
+    n = LEARNED_POSITION_CELLS
+    if h > n or w > n:
+      raise ValueError(f"learned position embedding supports at most {n}x{n} cells, got {h}x{w}")
     init = nn.initializers.uniform(1.0)
-    row = nn.Embed(50, self.num_pos_feats, embedding_init=init, name="row_embed")(jnp.arange(h))
-    col = nn.Embed(50, self.num_pos_feats, embedding_init=init, name="col_embed")(jnp.arange(w))
+    row = nn.Embed(n, self.num_pos_feats, embedding_init=init, name="row_embed")(jnp.arange(h))
+    col = nn.Embed(n, self.num_pos_feats, embedding_init=init, name="col_embed")(jnp.arange(w))
     pos = jnp.concatenate([jnp.broadcast_to(col[None], (h, w, self.num_pos_feats)),
                            jnp.broadcast_to(row[:, None], (h, w, self.num_pos_feats))], axis=-1)
     return jnp.broadcast_to(pos[None], (mask.shape[0], *pos.shape))

@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detr_jax.architecture import mask_head_widths
 from detr_jax.models.detr import DETR
 from detr_jax.ops.resize import resize_nearest
 
@@ -45,8 +46,7 @@ class MaskHeadSmallConv(nn.Module):
   @nn.compact
   def __call__(self, x, bbox_mask, fpns):
     b, nq, heads, h, w = bbox_mask.shape
-    dims = (self.hidden_dim + heads, self.hidden_dim // 2, self.hidden_dim // 4,
-            self.hidden_dim // 8, self.hidden_dim // 16)
+    dims = mask_head_widths(self.hidden_dim, heads)
     conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
     x = jnp.broadcast_to(x[:, None], (b, nq, h, w, x.shape[-1])).reshape(b * nq, h, w, -1)
     x = jnp.concatenate([x, bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads)], axis=-1)
@@ -81,7 +81,7 @@ class DETRsegm(nn.Module):
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True):
     outputs, internals = self.detr(images, mask, deterministic, return_internals=True)
-    hidden_dim, num_heads = self.detr.hidden_dim, self.detr.num_heads
+    hidden_dim, num_heads = self.detr.hidden_dim, self.detr.transformer_config.nheads
     queries = internals["hs"][-1]
     if self.mask_queries:
       probs = jax.nn.softmax(outputs["pred_logits"], axis=-1)

@@ -7,9 +7,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from detr_jax.architecture import RESNET_SPECS
 from detr_jax.config import VARIANTS, model_config, variant_config
 from detr_jax.errors import UserError
-from detr_jax.models.backbone import RESNET_SPECS
 from detr_jax.torch_io.mapping import Entry, flax_shape, model_layout, resnet_layout, to_flax, to_torch
 
 

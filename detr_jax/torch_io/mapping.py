@@ -8,7 +8,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from detr_jax.models.backbone import RESNET_SPECS, num_channels
+from detr_jax.architecture import (BBOX_MLP_LAYERS, LEARNED_POSITION_CELLS, STEM_CHANNELS, mask_head_widths,
+                                   num_channels, resnet_stages)
 
 
 class Entry(NamedTuple):
@@ -41,26 +42,17 @@ def _frozen_bn(key, path, dim):
 
 def resnet_layout(arch: str, prefix: str = "", path: tuple = ()) -> Iterator[Entry]:
   """torchvision ResNet keys (without avgpool/fc) under `prefix`, e.g. "backbone.0.body."."""
-  blocks, bottleneck = RESNET_SPECS[arch]
-  expansion = 4 if bottleneck else 1
-  yield from _conv(f"{prefix}conv1", path + ("conv1",), 64, 3, 7, bias=False)
-  yield from _frozen_bn(f"{prefix}bn1", path + ("bn1",), 64)
-  in_ch = 64
-  for stage, (n, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
-    out_ch = width * expansion
-    for i in range(n):
-      key, p = f"{prefix}layer{stage}.{i}", path + (f"layer{stage}_{i}",)
-      if bottleneck:
-        convs = ((width, in_ch, 1), (width, width, 3), (out_ch, width, 1))
-      else:
-        convs = ((width, in_ch, 3), (width, width, 3))
-      for k, (o, c, size) in enumerate(convs, start=1):
-        yield from _conv(f"{key}.conv{k}", p + (f"conv{k}",), o, c, size, bias=False)
-        yield from _frozen_bn(f"{key}.bn{k}", p + (f"bn{k}",), o)
-      if i == 0 and (stage > 1 or in_ch != out_ch):
-        yield from _conv(f"{key}.downsample.0", p + ("downsample_conv",), out_ch, in_ch, 1, bias=False)
-        yield from _frozen_bn(f"{key}.downsample.1", p + ("downsample_bn",), out_ch)
-      in_ch = out_ch
+  yield from _conv(f"{prefix}conv1", path + ("conv1",), STEM_CHANNELS, 3, 7, bias=False)
+  yield from _frozen_bn(f"{prefix}bn1", path + ("bn1",), STEM_CHANNELS)
+  for block in (block for stage in resnet_stages(arch) for block in stage):
+    key, p = f"{prefix}layer{block.stage}.{block.index}", path + (f"layer{block.stage}_{block.index}",)
+    for k, (out_ch, in_ch, size) in enumerate(block.convs, start=1):
+      yield from _conv(f"{key}.conv{k}", p + (f"conv{k}",), out_ch, in_ch, size, bias=False)
+      yield from _frozen_bn(f"{key}.bn{k}", p + (f"bn{k}",), out_ch)
+    if block.downsample:
+      yield from _conv(f"{key}.downsample.0", p + ("downsample_conv",), block.out_channels, block.in_channels, 1,
+                       bias=False)
+      yield from _frozen_bn(f"{key}.downsample.1", p + ("downsample_bn",), block.out_channels)
 
 
 def _attention(key, path, d):
@@ -89,14 +81,16 @@ def detr_layout(cfg, prefix: str = "", path: tuple = ()) -> Iterator[Entry]:
     if part == "decoder" or cfg.pre_norm:
       yield from _norm(f"{prefix}transformer.{part}.norm", path + ("transformer", part, "norm"), d)
   yield from _linear(f"{prefix}class_embed", path + ("class_embed",), cfg.num_classes + 1, d)
-  for i in range(3):
-    yield from _linear(f"{prefix}bbox_embed.layers.{i}", path + ("bbox_embed", f"layers_{i}"), 4 if i == 2 else d, d)
+  for i in range(BBOX_MLP_LAYERS):
+    out_dim = 4 if i == BBOX_MLP_LAYERS - 1 else d
+    yield from _linear(f"{prefix}bbox_embed.layers.{i}", path + ("bbox_embed", f"layers_{i}"), out_dim, d)
   yield Entry(f"{prefix}query_embed.weight", (cfg.num_queries, d), path + ("query_embed", "embedding"), "copy")
   yield from _conv(f"{prefix}input_proj", path + ("input_proj",), d, num_channels(cfg.backbone)[-1], 1)
   yield from resnet_layout(cfg.backbone, f"{prefix}backbone.0.body.", path + ("backbone",))
   if cfg.position_embedding == "learned":
     for axis in ("row_embed", "col_embed"):
-      yield Entry(f"{prefix}backbone.1.{axis}.weight", (50, d // 2), path + ("position_embedding", axis, "embedding"), "copy")
+      yield Entry(f"{prefix}backbone.1.{axis}.weight", (LEARNED_POSITION_CELLS, d // 2),
+                  path + ("position_embedding", axis, "embedding"), "copy")
 
 
 def model_layout(cfg) -> list[Entry]:
@@ -107,7 +101,7 @@ def model_layout(cfg) -> list[Entry]:
   entries = list(detr_layout(cfg, "detr.", ("detr",)))
   for name in ("q_linear", "k_linear"):
     entries += _linear(f"bbox_attention.{name}", ("bbox_attention", name), d, d)
-  dims = (d + heads, d // 2, d // 4, d // 8, d // 16)
+  dims = mask_head_widths(d, heads)
   in_dims = (d + heads,) + dims[:-1]
   for k in range(1, 6):
     entries += _conv(f"mask_head.lay{k}", ("mask_head", f"lay{k}"), dims[k - 1], in_dims[k - 1], 3)

@@ -1,0 +1,45 @@
+"""One architecture table (detr_jax.architecture) for the Flax model and the official key layout."""
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from detr_jax.architecture import RESNET_SPECS, num_channels, resnet_stages
+from detr_jax.config import model_config
+from detr_jax.models import build_model
+from detr_jax.torch_io.mapping import flax_shape, model_layout
+
+
+def test_layout_modules_import_no_jax():
+  code = ("import sys, detr_jax.architecture, detr_jax.torch_io.mapping; "
+          "assert not {'jax', 'flax'} & set(sys.modules), sorted({'jax', 'flax'} & set(sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(backbone="resnet18", position_embedding="learned"), dict(backbone="resnet34", pre_norm=True),
+    dict(backbone="resnet50", dilation=True, masks=True), dict(backbone="resnet101", masks=True, nheads=16)])
+def test_model_parameters_follow_the_layout(overrides):
+  """Every parameter the model creates is in the layout with the layout's shape, and nothing else."""
+  cfg = model_config(hidden_dim=128, dim_feedforward=32, enc_layers=1, dec_layers=2, num_queries=5, **overrides)
+  x, m = np.zeros((1, 64, 64, 3), np.float32), np.zeros((1, 64, 64), bool)
+  shapes = jax.eval_shape(build_model(cfg).init, jax.random.PRNGKey(0), x, m)["params"]
+  ours = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(shapes).items()}
+  assert ours == {e.path: flax_shape(e.kind, e.shape) for e in model_layout(cfg)}
+
+
+@pytest.mark.parametrize("arch", sorted(RESNET_SPECS))
+def test_resnet_stages(arch):
+  blocks, bottleneck = RESNET_SPECS[arch]
+  for dilation in (False, True):
+    stages = resnet_stages(arch, dilation)
+    assert [len(stage) for stage in stages] == list(blocks)
+    assert [stage[-1].out_channels for stage in stages] == list(num_channels(arch))
+    assert [stage[0].stride for stage in stages] == [1, 2, 2, 1 if dilation else 2]
+    assert [block.dilation for block in stages[3]] == [1] + [2 if dilation else 1] * (blocks[3] - 1)
+    downsampled = [(block.stage, block.index) for stage in stages for block in stage if block.downsample]
+    assert downsampled == ([(1, 0)] if bottleneck else []) + [(2, 0), (3, 0), (4, 0)]
