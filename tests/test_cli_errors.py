@@ -138,9 +138,9 @@ def test_inspect_validates_the_dataset_first(tmp_path, capsys):
                                        f"--config.dataset.val_images={root}/val2017",
                                        f"--config.dataset.val_json={root}/annotations/instances_val2017.json"], capsys)
   assert (code, out) == (1, "")
-  assert err.splitlines() == ["error: 2 problems in dataset coco_custom val:",
-                              f"  {truncated}: cannot read image (Truncated File Read)",
-                              f"  {missing}: image not found"]
+  lines = err.splitlines()
+  assert lines[0] == "error: 2 problems in dataset coco_custom val:" and len(lines) == 3
+  assert lines[1].startswith(f"  {truncated}: cannot read image (") and lines[2] == f"  {missing}: image not found"
   assert not (tmp_path / "out").exists()
 
 
