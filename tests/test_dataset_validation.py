@@ -206,7 +206,7 @@ def test_tfds_without_the_extra_says_what_to_install(monkeypatch, module):
 
 
 def test_synthetic_validate():
-  config = _config(name="synthetic", num_train=4, num_val=0, image_size=(32, 32), min_objects=1, max_objects=2,
+  config = _config(name="synthetic", num_train=4, num_val=0, image_size=(32, 32), num_objects=(1, 2),
                    object_size=(0.2, 0.4), seed=0)
   assert build_dataset(config, "train").validate() is None
   with pytest.raises(DatasetError, match=r"^synthetic val: no images \(dataset.num_val = 0\)$"):

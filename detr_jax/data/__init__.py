@@ -46,8 +46,9 @@ def build_dataset(config, split: str):
     raise DatasetError("model.masks=True needs instance masks: set dataset.masks=True")
   if ds.name == "synthetic":
     size = ds.num_train if split == "train" else ds.num_val
-    return SyntheticShapes(size, image_size=tuple(ds.image_size), min_objects=ds.min_objects,
-                           max_objects=ds.max_objects, object_size=tuple(ds.object_size), seed=ds.seed,
+    min_objects, max_objects = ds.num_objects
+    return SyntheticShapes(size, image_size=tuple(ds.image_size), min_objects=min_objects,
+                           max_objects=max_objects, object_size=tuple(ds.object_size), seed=ds.seed,
                            split=split)
   if ds.name == "coco":
     root = _path("coco_path", ds.coco_path)

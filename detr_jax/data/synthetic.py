@@ -54,8 +54,8 @@ class SyntheticShapes:
   def __init__(self, num_images, image_size=(128, 128), min_objects=1, max_objects=4, seed=0,
                split="train", object_size=(0.1, 0.5), min_visible=0.7, noise=8.0):
     if not 0 <= min_objects <= max_objects:
-      raise DatasetError(f"dataset.min_objects, dataset.max_objects: need 0 <= min_objects <= max_objects, "
-                         f"got {min_objects}, {max_objects}")
+      raise DatasetError(f"dataset.num_objects: need (min, max) with 0 <= min <= max, "
+                         f"got ({min_objects}, {max_objects})")
     self.num_images, self.image_size = num_images, image_size
     self.min_objects, self.max_objects = min_objects, max_objects
     self.seed, self.split, self.object_size = seed, split, object_size
