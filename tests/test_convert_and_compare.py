@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import convert_torch_weights
-from conftest import filled_state_dict, fixture_path, load_npz, small_config, small_full_config
+from helpers import filled_state_dict, fixture_path, load_npz, small_config, small_full_config
 from detr_jax import checkpoints, compare
 from detr_jax.errors import UserError
 from detr_jax.fill import fill_v1

@@ -12,7 +12,7 @@ import pytest
 
 from detr_jax import compare
 from detr_jax.criterion import BASE_LOSSES, SetCriterion, num_boxes_normalizer, weight_dict
-from conftest import fixture_path, load_npz
+from helpers import fixture_path, load_npz
 
 VARIANTS = ("boxes", "masks")
 

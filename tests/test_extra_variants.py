@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import fixture_path, load_npz
+from helpers import fixture_path, load_npz
 from detr_jax.compare import run_model
 from detr_jax.config import model_config
 from detr_jax.fill import fill_v1

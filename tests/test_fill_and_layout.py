@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import filled_state_dict, fixture_path, small_config
+from helpers import filled_state_dict, fixture_path, small_config
 from detr_jax.config import VARIANTS, variant_config
 from detr_jax.torch_io.mapping import model_layout
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import filled_state_dict, load_npz, small_config, small_full_config
+from helpers import filled_state_dict, load_npz, small_config, small_full_config
 from detr_jax.compare import run_model
 from detr_jax.config import variant_config
 from detr_jax.models import build_model

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from detr_jax.postprocess import id2rgb, panoptic_png, postprocess_panoptic, postprocess_segm, rgb2id
-from conftest import fixture_path, load_npz
+from helpers import fixture_path, load_npz
 
 
 @pytest.fixture(scope="module")
