@@ -17,6 +17,7 @@ BOTTLENECK_EXPANSION = 4
 
 LEARNED_POSITION_CELLS = 50  # rows (and columns) of the learned position embedding
 BBOX_MLP_LAYERS = 3  # bbox_embed: hidden_dim -> hidden_dim -> hidden_dim -> 4
+MASK_HEAD_GROUPS = 8  # GroupNorm groups after each of the mask head's lay1..lay5
 
 
 class ResNetBlock(NamedTuple):

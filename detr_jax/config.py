@@ -17,10 +17,11 @@ from typing import Iterator, Sequence
 import ml_collections
 from absl import flags as absl_flags
 
+from detr_jax.architecture import MASK_HEAD_GROUPS, RESNET_SPECS, mask_head_widths
 from detr_jax.errors import UserError
 
 # Values a config can choose from (checked by `check_config`).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = tuple(RESNET_SPECS)  # resnet18, resnet34, resnet50, resnet101
 POSITION_EMBEDDINGS = ("sine", "learned")
 DATASETS = ("synthetic", "coco", "coco_panoptic", "coco_custom", "tfds")
 MATCHER_BACKENDS = ("scipy", "optax")
@@ -168,13 +169,20 @@ def panoptic_training_config(variant: str, stage: str) -> ml_collections.ConfigD
   raise UserError(f"unknown panoptic stage {stage!r}; expected 'boxes' or 'masks'")
 
 
-# Checked by `check_config` where the config has them.
+# Checked by `check_config` where the config has them (a sequence: each of its numbers).
 NON_NEGATIVE = ("total_steps", "lr_drop_step", "warmup_steps", "eval_batch_size", "log_every", "eval_every",
-                "checkpoint_every", "num_pictures", "lr", "weight_decay", "clip_max_norm")
+                "checkpoint_every", "num_pictures", "lr", "weight_decay", "clip_max_norm", "model.enc_layers",
+                "loss.eos_coef", "loss.set_cost_class", "loss.set_cost_bbox", "loss.set_cost_giou",
+                "loss.bbox_loss_coef", "loss.giou_loss_coef", "loss.mask_loss_coef", "loss.dice_loss_coef",
+                "dataset.num_train", "dataset.num_val", "dataset.num_objects")
 POSITIVE = ("global_batch_size", "max_objects", "model.hidden_dim", "model.nheads", "model.dec_layers",
-            "model.dim_feedforward", "model.num_queries")
+            "model.dim_feedforward", "model.num_queries", "dataset.scales", "dataset.max_size",
+            "dataset.crop_resize", "dataset.crop_size", "dataset.val_size", "dataset.bucket_sides",
+            "dataset.image_size", "dataset.object_size")
+AT_MOST_ONE = ("picture_threshold", "dataset.object_size")
 CHOICES = {"model.backbone": BACKBONES, "model.position_embedding": POSITION_EMBEDDINGS,
            "dataset.name": DATASETS, "loss.matcher_backend": MATCHER_BACKENDS}
+MIN_MAX = ("dataset.crop_size", "dataset.num_objects", "dataset.object_size")  # (min, max): min <= max
 
 
 def load_config(spec: str, overrides: Sequence[tuple[str, str | None]] = ()) -> ml_collections.ConfigDict:
@@ -328,22 +336,64 @@ def _lookup(config: ml_collections.ConfigDict, key: str):
   return node
 
 
+def _numbers(value) -> list:
+  """The numbers of a field's value: itself, or every number of a (nested) sequence."""
+  if isinstance(value, (tuple, list)):
+    return [number for item in value for number in _numbers(item)]
+  return [value]
+
+
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-  """Raises a UserError for a value that cannot work: a negative step count or rate, an unknown
-  choice (CHOICES), a global or eval batch that does not split over `device_count` devices."""
-  for key in POSITIVE + NON_NEGATIVE:
+  """Raises a UserError for a value that cannot work, in any section: a negative step count, rate,
+  loss weight or size (POSITIVE, NON_NEGATIVE, AT_MOST_ONE, MIN_MAX), an unknown choice (CHOICES), a
+  model the modules cannot build (`_check_model`), a global or eval batch that does not split over
+  `device_count` devices."""
+  for key in POSITIVE + NON_NEGATIVE + AT_MOST_ONE:
     value = _lookup(config, key)
-    if value is not None and (value < 0 or (value == 0 and key in POSITIVE)):
-      raise UserError(f"config key {key} must be {'> 0' if key in POSITIVE else '>= 0'}, got {value}")
+    if value is None:
+      continue
+    for number in _numbers(value):
+      if number < 0 or (number == 0 and key in POSITIVE) or (number > 1 and key in AT_MOST_ONE):
+        bound = "<= 1" if number > 1 else "> 0" if key in POSITIVE else ">= 0"
+        raise UserError(f"config key {key} must be {bound}, got {value}")
+  for key in MIN_MAX:
+    value = _lookup(config, key)
+    if value is not None and (len(value) != 2 or value[0] > value[1]):
+      raise UserError(f"config key {key} must be (min, max) with min <= max, got {value}")
+  dropout = _lookup(config, "model.dropout")
+  if dropout is not None and not 0 <= dropout < 1:
+    raise UserError(f"config key model.dropout must be >= 0 and < 1, got {dropout}")
+  if _lookup(config, "dataset.workers") is not None and config.dataset.workers < -1:
+    raise UserError(f"config key dataset.workers must be >= 0, or -1 for min(8, CPUs), got {config.dataset.workers}")
   for key, choices in CHOICES.items():
     value = _lookup(config, key)
     if value is not None and value not in choices:
       raise UserError(f"config key {key} is {value!r}; expected one of {', '.join(choices)}")
+  if "model" in config:
+    _check_model(config.model)
   if device_count:
     eval_batch_size = config.eval_batch_size or config.global_batch_size
     for kind, batch in (("global", config.global_batch_size), ("eval", eval_batch_size)):
       if batch % device_count:
         raise UserError(f"{kind} batch size {batch} must be divisible by the number of devices ({device_count})")
+
+
+def _check_model(model: ml_collections.ConfigDict) -> None:
+  """Raises a UserError for an architecture the modules cannot build (see detr_jax.architecture)."""
+  d, heads = model.hidden_dim, model.nheads
+  if d % heads:
+    raise UserError(f"config key model.hidden_dim ({d}) must be divisible by model.nheads ({heads})")
+  per_axis = 2 if model.position_embedding == "learned" else 4  # half the channels for y, half for x (sin/cos pairs)
+  if d % per_axis:
+    raise UserError(f"config key model.hidden_dim ({d}) must be a multiple of {per_axis} for the "
+                    f"{model.position_embedding} position embedding")
+  if model.dilation and not RESNET_SPECS[model.backbone][1]:
+    raise UserError(f"config key model.dilation (DC5) needs a bottleneck backbone (resnet50, resnet101), "
+                    f"not {model.backbone}")
+  widths = mask_head_widths(d, heads)
+  if model.masks and any(width % MASK_HEAD_GROUPS for width in widths):
+    raise UserError(f"model.masks=True: the mask head's widths {widths} (model.hidden_dim + model.nheads, then "
+                    f"hidden_dim / 2, 4, 8, 16) must be multiples of {MASK_HEAD_GROUPS} (its GroupNorm groups)")
 
 
 def _field_paths(config: ml_collections.ConfigDict, prefix: str = "", leaves_only: bool = True) -> Iterator[str]:

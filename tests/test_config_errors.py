@@ -223,3 +223,76 @@ def test_batch_must_split_over_the_devices():
     check_config(config, device_count=4)
   with pytest.raises(UserError, match=r"^global batch size 8 must be divisible by the number of devices \(3\)$"):
     check_config(config, device_count=3)
+
+
+@pytest.mark.parametrize("spec, override, message", [
+    (COCO, "model.dropout=1.0", "config key model.dropout must be >= 0 and < 1, got 1.0"),
+    (COCO, "model.enc_layers=-1", "config key model.enc_layers must be >= 0, got -1"),
+    (COCO, "model.nheads=6", "config key model.hidden_dim (256) must be divisible by model.nheads (6)"),
+    (COCO, "model.hidden_dim=18", "config key model.hidden_dim (18) must be divisible by model.nheads (8)"),
+    ("configs/synthetic.py", "model.hidden_dim=18", "config key model.hidden_dim (18) must be divisible by "
+                                                    "model.nheads (8)"),
+    ("configs/synthetic.py", "model.dilation=true", "config key model.dilation (DC5) needs a bottleneck backbone "
+                                                    "(resnet50, resnet101), not resnet18"),
+    ("configs/detr_resnet50_panoptic.py", "model.hidden_dim=64",
+     "model.masks=True: the mask head's widths (72, 32, 16, 8, 4) (model.hidden_dim + model.nheads, then hidden_dim "
+     "/ 2, 4, 8, 16) must be multiples of 8 (its GroupNorm groups)"),
+    (COCO, "loss.eos_coef=-0.1", "config key loss.eos_coef must be >= 0, got -0.1"),
+    (COCO, "loss.set_cost_giou=-2", "config key loss.set_cost_giou must be >= 0, got -2.0"),
+    (COCO, "dataset.val_size=0", "config key dataset.val_size must be > 0, got 0"),
+    (COCO, "dataset.scales=(480, 0)", "config key dataset.scales must be > 0, got (480, 0)"),
+    (COCO, "dataset.bucket_sides=(-640,)", "config key dataset.bucket_sides must be > 0, got (-640,)"),
+    (COCO, "dataset.crop_size=(600, 384)", "config key dataset.crop_size must be (min, max) with min <= max, "
+                                           "got (600, 384)"),
+    (COCO, "dataset.workers=-2", "config key dataset.workers must be >= 0, or -1 for min(8, CPUs), got -2"),
+    (COCO, "picture_threshold=1.5", "config key picture_threshold must be <= 1, got 1.5"),
+    ("configs/synthetic.py", "dataset.num_objects=(3, 1)", "config key dataset.num_objects must be (min, max) with "
+                                                           "min <= max, got (3, 1)"),
+    ("configs/synthetic.py", "dataset.num_objects=(-1, 2)", "config key dataset.num_objects must be >= 0, "
+                                                            "got (-1, 2)"),
+    ("configs/synthetic.py", "dataset.object_size=(0.5, 2)", "config key dataset.object_size must be <= 1, "
+                                                             "got (0.5, 2.0)"),
+    ("configs/synthetic.py", "dataset.image_size=(0, 64)", "config key dataset.image_size must be > 0, got (0, 64)"),
+])
+def test_bad_value_in_every_section(spec, override, message):
+  _, overrides = split_overrides([f"--config.{override}"])
+  with pytest.raises(UserError) as error:
+    load_config(spec, overrides)
+  assert str(error.value) == message
+
+
+# Numeric fields whose every value is legal (or checked by the code that uses them, as named).
+UNCHECKED = {"seed", "dataset.seed", "lr_backbone",  # <= 0 freezes the backbone
+             "model.num_classes",  # <= 0: from the dataset (coco_custom), see data.resolve_num_classes
+             "model.dropout", "dataset.workers"}  # own rules in check_config
+
+
+@pytest.mark.parametrize("spec", sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_numeric_field_is_checked(spec):
+  """A field added to a config without a rule in check_config fails here."""
+  from detr_jax import config as config_lib
+  checked = set(config_lib.POSITIVE + config_lib.NON_NEGATIVE + config_lib.AT_MOST_ONE + config_lib.MIN_MAX)
+  config = load_config(os.path.join(ROOT, spec))
+  for key in config_lib._field_paths(config):
+    value = config_lib._lookup(config, key)
+    numbers = value if isinstance(value, tuple) else (value,)
+    if all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+      assert key in checked | UNCHECKED, f"{spec}: {key} has no rule in check_config"
+
+
+COCO_CONFIGS = {"configs/detr_resnet50.py": (500, 400), "configs/detr_resnet50_dc5.py": (500, 400),
+                "configs/detr_resnet101.py": (500, 400), "configs/detr_resnet101_dc5.py": (500, 400),
+                "configs/detr_resnet50_panoptic.py:boxes": (300, 200), "configs/detr_resnet50_panoptic.py": (25, 15),
+                "configs/detr_resnet50_dc5_panoptic.py": (25, 15), "configs/detr_resnet101_panoptic.py:boxes": (300, 200)}
+
+
+@pytest.mark.parametrize("spec", sorted(COCO_CONFIGS))
+@pytest.mark.parametrize("batch", [64, 24])
+def test_every_coco_schedule_follows_the_global_batch(spec, batch):
+  """Derived numbers follow the fields they depend on: the epoch-based step fields of every COCO
+  config follow global_batch_size, set alone or with other fields."""
+  epochs, lr_drop_epoch = COCO_CONFIGS[spec]
+  steps_per_epoch = 118_287 // batch
+  config = load_config(spec, [("lr", "2e-4"), ("global_batch_size", str(batch)), ("log_every", "10")])
+  assert (config.total_steps, config.lr_drop_step) == (epochs * steps_per_epoch, lr_drop_epoch * steps_per_epoch)
+  assert (config.checkpoint_every, config.eval_every) == (steps_per_epoch, 10 * steps_per_epoch)

@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from detr_jax.architecture import mask_head_widths
+from detr_jax.architecture import MASK_HEAD_GROUPS, mask_head_widths
 from detr_jax.models.detr import DETR
 from detr_jax.ops.resize import resize_nearest
 
@@ -32,7 +32,7 @@ class MHAttentionMap(nn.Module):
 
 def _group_norm(name):
   """torch GroupNorm(8): eps 1e-5, two-pass variance."""
-  return nn.GroupNorm(num_groups=8, epsilon=1e-5, use_fast_variance=False, name=name)
+  return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, name=name)
 
 
 class MaskHeadSmallConv(nn.Module):
