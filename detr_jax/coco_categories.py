@@ -66,3 +66,16 @@ def panoptic_names(num_classes: int = 250) -> tuple:
     if category_id < num_classes:
       names[category_id] = name
   return tuple(names)
+
+
+def is_thing_map(num_classes: int, categories=None) -> dict:
+  """{class id: is a thing (else stuff)} for class ids 0..num_classes-1, as postprocess_panoptic takes it.
+
+  categories: a panoptic json's categories [{"id", "isthing"}] (a category without "isthing" is a
+  thing, a class id without a category is stuff); None: the official COCO rule of PostProcessPanoptic,
+  ids up to 90 are things (as in PANOPTIC_CATEGORIES; the ids without a category too).
+  """
+  if categories is None:
+    return {i: i <= 90 for i in range(num_classes)}
+  things = {c["id"] for c in categories if c.get("isthing", 1)}
+  return {i: i in things for i in range(num_classes)}

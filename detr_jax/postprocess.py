@@ -4,17 +4,16 @@
 `postprocess_panoptic` resizes the kept masks on the device and is otherwise host-side numpy/PIL,
 as in the official code.
 """
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from detr_jax.coco_categories import is_thing_map as coco_is_thing_map
 from detr_jax.ops.boxes import cxcywh_to_xyxy
-from detr_jax.ops.resize import resize_bilinear, torch_nearest_indices
-
-COCO_IS_THING_MAP = {i: i <= 90 for i in range(201)}
+from detr_jax.ops.resize import resize_bilinear
+from detr_jax.ops.sampling import torch_nearest_indices
+from detr_jax.panoptic_png import id2rgb, rgb2id
 
 
 def postprocess_boxes(pred_logits, pred_boxes, orig_target_sizes):
@@ -46,25 +45,6 @@ def postprocess_segm(pred_masks, processed_sizes, orig_target_sizes, threshold=0
     rows, cols = torch_nearest_indices(h, out_h), torch_nearest_indices(w, out_w)
     results.append(mask[:, :h, :w][:, rows][:, :, cols][:, None].astype(np.uint8))
   return results
-
-
-def id2rgb(id_map):
-  """panopticapi id2rgb: int ids [...] -> uint8 [..., 3] with id = R + 256 G + 65536 B."""
-  id_map = np.asarray(id_map, np.int64)
-  return np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536 % 256], axis=-1).astype(np.uint8)
-
-
-def rgb2id(rgb):
-  """panopticapi rgb2id: uint8 [..., 3] -> int32 ids [...]."""
-  rgb = np.asarray(rgb, np.int32)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def panoptic_png(png_ids):
-  """The COCO panoptic PNG (bytes) of an id map [H, W], as the official png_string."""
-  with io.BytesIO() as out:
-    Image.fromarray(id2rgb(png_ids)).save(out, format="PNG")
-    return out.getvalue()
 
 
 def _softmax(x, axis=-1):
@@ -103,7 +83,7 @@ def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, t
   mask_queries=K); a kept query without a mask is an error (rerun with more mask queries).
   """
   del pred_boxes
-  is_thing_map = COCO_IS_THING_MAP if is_thing_map is None else is_thing_map
+  is_thing_map = coco_is_thing_map(201) if is_thing_map is None else is_thing_map
   target_sizes = processed_sizes if target_sizes is None else target_sizes
   logits, all_masks = np.asarray(pred_logits, np.float32), np.asarray(pred_masks, np.float32)
   results = []

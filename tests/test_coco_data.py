@@ -16,7 +16,7 @@ from detr_jax.data import fake_coco, transforms
 from detr_jax.data.batching import normalize_image
 from detr_jax.data.coco import CocoDetection, CocoPanoptic
 from detr_jax.data.pipeline import bucket_shape
-from detr_jax.postprocess import id2rgb
+from detr_jax.panoptic_png import id2rgb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detr_jax.postprocess import id2rgb, panoptic_png, postprocess_panoptic, postprocess_segm, rgb2id
+from detr_jax.panoptic_png import id2rgb, png_bytes, rgb2id
+from detr_jax.postprocess import postprocess_panoptic, postprocess_segm
 from helpers import fixture_path, load_npz
 
 
@@ -75,7 +76,7 @@ def test_id_rgb_round_trip_and_png(pp):
   assert rgb.dtype == np.uint8 and rgb[1, 0].tolist() == [0, 1, 0] and rgb[0, 2].tolist() == [255, 0, 0]
   np.testing.assert_array_equal(rgb2id(rgb), ids)
   png_ids = pp["panoptic_crafted_ids_1"]
-  decoded = rgb2id(np.asarray(Image.open(io.BytesIO(panoptic_png(png_ids))).convert("RGB")))
+  decoded = rgb2id(np.asarray(Image.open(io.BytesIO(png_bytes(png_ids))).convert("RGB")))
   np.testing.assert_array_equal(decoded, png_ids)
 
 

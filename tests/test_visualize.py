@@ -7,7 +7,7 @@ from PIL import Image
 
 from detr_jax.config import dataset_config, model_config
 from detr_jax.data.inspect import inspect
-from detr_jax.postprocess import id2rgb
+from detr_jax.panoptic_png import id2rgb
 from detr_jax.visualize import class_colour, draw_detections, outline_corners, save_grid
 
 GREY = (100, 100, 100)

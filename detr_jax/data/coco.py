@@ -11,9 +11,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from detr_jax.coco_categories import is_thing_map
+from detr_jax.data.images import read_image
 from detr_jax.data.validation import DatasetError, DatasetNotFoundError, Problems, check_images
 from detr_jax.evaluation.coco import coco_from_dict, coco_from_json
-from detr_jax.postprocess import rgb2id
+from detr_jax.panoptic_png import rgb2id
 
 
 def _read_json(path: str, kind: str) -> dict:
@@ -111,8 +113,7 @@ def _segmentation_problem(seg, h: int, w: int, where: str) -> str | None:
 def load_image(path: str, expected_hw=None) -> np.ndarray:
   """uint8 [H, W, 3] RGB; checks the size against the json's (height, width)."""
   try:
-    with Image.open(path) as img:
-      image = np.asarray(img.convert("RGB"))
+    image = read_image(path)
   except FileNotFoundError:
     raise DatasetNotFoundError(f"{path}: image not found") from None
   except (OSError, Image.DecompressionBombError) as e:
@@ -303,7 +304,7 @@ class CocoPanoptic:
     self.categories = [c for c in data["categories"] if isinstance(c, dict) and isinstance(c.get("id"), int)]
     self.num_classes = max(category_ids, default=0) + 1
     self.class_names = class_names_of(self.categories, self.num_classes)
-    self.is_thing = {c["id"]: bool(c.get("isthing", 1)) for c in self.categories}
+    self.is_thing = is_thing_map(self.num_classes, self.categories)
     self._json_problems = problems
     if problems:
       self.validate()

@@ -21,7 +21,7 @@ from pycocotools import mask as coco_mask
 
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
 from detr_jax.errors import UserError
-from detr_jax.postprocess import id2rgb
+from detr_jax.panoptic_png import id2rgb
 
 CATEGORY_IDS = (1, 3, 5, 17, 44, 90)  # thing ids of the six synthetic classes (sparse, as COCO's)
 STUFF_ID, STUFF_NAME = 184, "background"

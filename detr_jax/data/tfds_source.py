@@ -18,10 +18,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from detr_jax.data.coco import class_names_of, masks_to_boxes
+from detr_jax.data.images import read_image
 from detr_jax.data.validation import DatasetError, DatasetNotFoundError
 from detr_jax.coco_categories import PANOPTIC_CATEGORIES
 from detr_jax.evaluation.coco import coco_from_dict
-from detr_jax.postprocess import rgb2id
+from detr_jax.panoptic_png import rgb2id
 
 THINGS = tuple((i, name) for i, name, isthing in PANOPTIC_CATEGORIES if isthing)  # = the detection categories
 STUFF = tuple((i, name) for i, name, isthing in PANOPTIC_CATEGORIES if not isthing)
@@ -51,8 +52,7 @@ def _resolve(name: str) -> tuple[str, bool]:
 def _decode(data: bytes, what: str) -> np.ndarray:
   """uint8 [H, W, 3] RGB of encoded JPEG/PNG bytes (PIL, as the json sources)."""
   try:
-    with Image.open(io.BytesIO(data)) as img:
-      return np.asarray(img.convert("RGB"))
+    return read_image(io.BytesIO(data))
   except (OSError, Image.DecompressionBombError) as e:
     raise DatasetError(f"{what}: cannot decode image ({e})") from None
 

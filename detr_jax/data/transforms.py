@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from detr_jax.ops.resize import torch_nearest_indices
+from detr_jax.ops.sampling import torch_nearest_indices
 
 
 class Augment(NamedTuple):

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from detr_jax.errors import UserError
+from detr_jax.panoptic_png import png_bytes, rgb2id
 
 VOID = 0
 OFFSET = 256 ** 3
@@ -78,8 +79,7 @@ def read_panoptic_png(path):
     raise PanopticError(f"{path}: cannot read the PNG ({e.strerror or e})") from None
   if rgb.ndim != 3 or rgb.shape[-1] < 3:
     raise PanopticError(f"{path}: expected an RGB panoptic PNG, got an array of shape {rgb.shape}")
-  rgb = rgb[..., :3].astype(np.int64)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+  return rgb2id(rgb[..., :3]).astype(np.int64)
 
 
 def _segments(annotation, categories, where, ground_truth=False):
@@ -243,11 +243,7 @@ def write_panoptic_predictions(results, out_dir, json_name="predictions.json"):
   annotations = []
   for r in results:
     file_name = f"{int(r['image_id']):012d}.png"
-    if "png_string" in r:
-      png = r["png_string"]
-    else:
-      from detr_jax.postprocess import panoptic_png  # imports jax: only needed for id maps
-      png = panoptic_png(r["png_ids"])
+    png = r["png_string"] if "png_string" in r else png_bytes(r["png_ids"])
     with open(os.path.join(out_dir, file_name), "wb") as f:
       f.write(png)
     annotations.append({"image_id": int(r["image_id"]), "file_name": file_name, "segments_info": r["segments_info"]})
