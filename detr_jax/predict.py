@@ -39,24 +39,22 @@ from typing import NamedTuple
 from absl import logging
 import jax
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from detr_jax.checkpoints import load_model
-from detr_jax.coco_categories import DETECTION_NAMES, panoptic_names
+from detr_jax.coco_categories import DETECTION_NAMES, is_thing_map, panoptic_names
+from detr_jax.config import dataset_config
 from detr_jax.data.batching import collate
+from detr_jax.data.images import read_image
 from detr_jax.data.pipeline import bucket_shape
 from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.data.transforms import apply_plan, plan_val
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.postprocess import postprocess_boxes, postprocess_panoptic, postprocess_segm
-from detr_jax.visualize import class_colour, draw_detections
+from detr_jax.visualize import draw_detections, draw_panoptic
 
-DEFAULT_BUCKET_SIDES = (640, 800, 1088, 1344)
 MASK_STRIDE = 4  # pred_masks cells per input pixel side: the backbone's layer1 resolution
-PANOPTIC_ALPHA = 0.5
-SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # integer greyscale, 65535 = white
-BACKGROUND = (255, 255, 255)  # under transparent pixels
 
 
 class Preprocessing(NamedTuple):
@@ -71,7 +69,8 @@ def preprocessing(config) -> Preprocessing:
   """The eval pipeline's settings of a training config; the official ones for converted checkpoints."""
   ds = config.get("dataset")
   if ds is None:
-    return Preprocessing(True, 800, 1333, DEFAULT_BUCKET_SIDES)
+    official = dataset_config()
+    return Preprocessing(True, int(official.val_size), int(official.max_size), tuple(official.bucket_sides))
   return Preprocessing(bool(ds.augment), int(ds.val_size), int(ds.max_size), tuple(ds.bucket_sides))
 
 
@@ -96,30 +95,18 @@ def class_names(config, checkpoint: str) -> tuple:
   return tuple(str(i) for i in range(num_classes))
 
 
-def is_thing_map(config) -> dict:
-  """{class id: isthing} for postprocess_panoptic: the official COCO rule (id <= 90) for 250-class
-  models, every class a thing otherwise."""
+def thing_classes(config) -> dict:
+  """{class id: isthing} for postprocess_panoptic: the official COCO rule for 250-class models,
+  every class a thing otherwise."""
   num_classes = config.model.num_classes
-  return {i: i <= 90 if num_classes == 250 else True for i in range(num_classes)}
-
-
-def to_rgb(img: Image.Image) -> np.ndarray:
-  """uint8 [H, W, 3] of a PIL image of any mode: integer greyscale (16-bit PNG/TIFF) scaled from
-  0..65535, transparency composited on white, the rest PIL's convert("RGB")."""
-  if img.mode in SIXTEEN_BIT_MODES:
-    grey = np.round(np.clip(np.asarray(img, np.float64), 0, 65535) / 257).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if img.has_transparency_data:
-    img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), img.convert("RGBA"))
-  return np.asarray(img.convert("RGB"))
+  return is_thing_map(num_classes) if num_classes == 250 else dict.fromkeys(range(num_classes), True)
 
 
 def load_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB of an image file, upright by its EXIF orientation (see the module doc);
-  UserError naming the file and the reason when it cannot be read."""
+  """uint8 [H, W, 3] RGB of an image file read as a photo (`detr_jax.data.images`, see the module
+  doc); UserError naming the file and the reason when it cannot be read."""
   try:
-    with Image.open(path) as img:
-      return to_rgb(ImageOps.exif_transpose(img))
+    return read_image(path, photo=True)
   except UnidentifiedImageError:
     reason = "empty file" if os.path.getsize(path) == 0 else "not an image file PIL can read"
   except OSError as e:  # missing, a directory, no permission (strerror), or truncated/corrupt data
@@ -182,7 +169,7 @@ def image_results(out: dict, i: int, size, orig_size, threshold: float, config) 
     sizes, orig = np.array([size]), np.array([orig_size])
     result["masks"] = postprocess_segm(masks[:, keep], sizes, orig, threshold=0.5)[0][:, 0].astype(bool)
     result["panoptic"] = postprocess_panoptic(out["pred_logits"][i:i + 1], masks, out["pred_boxes"][i:i + 1],
-                                              sizes, orig, is_thing_map=is_thing_map(config))[0]
+                                              sizes, orig, is_thing_map=thing_classes(config))[0]
   return result
 
 
@@ -201,36 +188,6 @@ def to_json(path: str, hw, result: dict, names) -> dict:
 def display_scale(hw) -> int:
   """Integer upscaling of small images in the pictures, so that labels stay readable."""
   return max(1, 400 // max(hw))
-
-
-def ink(colour) -> tuple:
-  """Black or white text, whichever reads better on `colour` (RGB)."""
-  return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140 else (255, 255, 255)
-
-
-def draw_panoptic(image, png_ids, segments_info, names, scale: int = 1) -> Image.Image:
-  """The image [H, W, 3] with each segment of png_ids [H, W] blended in its own colour and labelled
-  with its class name at its pixel nearest to the segment's centre."""
-  canvas = np.asarray(image, np.float32).copy()
-  for segment in segments_info:
-    inside = png_ids == segment["id"]
-    canvas[inside] = (1 - PANOPTIC_ALPHA) * canvas[inside] + PANOPTIC_ALPHA * np.array(class_colour(segment["id"]))
-  picture = Image.fromarray(np.round(canvas).astype(np.uint8))
-  if scale != 1:
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-  draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
-  for segment in segments_info:
-    ys, xs = np.nonzero(png_ids == segment["id"])
-    if not len(ys):
-      continue
-    k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-    x, y = int(xs[k]) * scale, int(ys[k]) * scale
-    text = names[segment["category_id"]]
-    left, top, right, bottom = draw.textbbox((x, y), text, font=font, anchor="mm")
-    colour = class_colour(segment["id"])
-    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=colour)
-    draw.text((x, y), text, fill=ink(colour), font=font, anchor="mm")
-  return picture
 
 
 def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold: float) -> str:

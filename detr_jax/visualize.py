@@ -1,4 +1,4 @@
-"""Drawing detections (boxes, labels, optional masks) and grids of pictures with PIL."""
+"""Drawing detections (boxes, labels, optional masks), panoptic segments and grids of pictures with PIL."""
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -10,6 +10,11 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 
 def class_colour(label):
   return PALETTE[int(label) % len(PALETTE)]
+
+
+def ink(colour) -> tuple:
+  """Black or white text, whichever reads better on `colour` (RGB)."""
+  return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 140 else (255, 255, 255)
 
 
 def outline_corners(box, size, line_width=1):
@@ -70,8 +75,33 @@ def draw_detections(image, boxes, labels, scores=None, class_names=None, thresho
     ty = y0 - th if y0 >= th else max(y0, 0)  # above the box, or inside it at the top edge
     ty = min(ty, max(picture.height - th, 0))
     draw.rectangle((tx, ty, tx + tw, ty + th), fill=colour)
-    ink = (0, 0, 0) if sum(c * w for c, w in zip(colour, (0.299, 0.587, 0.114))) > 140 else (255, 255, 255)
-    draw.text((tx + 2 - left, ty + 2 - top), text, fill=ink, font=font)
+    draw.text((tx + 2 - left, ty + 2 - top), text, fill=ink(colour), font=font)
+  return picture
+
+
+def draw_panoptic(image, png_ids, segments_info, names, scale: int = 1, alpha: float = 0.5) -> Image.Image:
+  """The image uint8 [H, W, 3] with each segment of png_ids [H, W] blended in its own colour (weight
+  `alpha`) and labelled with its class name (`names[category_id]`) at its pixel nearest to the
+  segment's centre; scale: integer upsampling (nearest) so text stays readable."""
+  canvas = np.asarray(image, np.float32).copy()
+  for segment in segments_info:
+    inside = png_ids == segment["id"]
+    canvas[inside] = (1 - alpha) * canvas[inside] + alpha * np.array(class_colour(segment["id"]))
+  picture = Image.fromarray(np.round(canvas).astype(np.uint8))
+  if scale != 1:
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+  draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+  for segment in segments_info:
+    ys, xs = np.nonzero(png_ids == segment["id"])
+    if not len(ys):
+      continue
+    k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+    x, y = int(xs[k]) * scale, int(ys[k]) * scale
+    text = names[segment["category_id"]]
+    left, top, right, bottom = draw.textbbox((x, y), text, font=font, anchor="mm")
+    colour = class_colour(segment["id"])
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=colour)
+    draw.text((x, y), text, fill=ink(colour), font=font, anchor="mm")
   return picture
 
 

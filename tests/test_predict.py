@@ -15,6 +15,7 @@ from detr_jax import predict
 from detr_jax.checkpoints import save_model
 from detr_jax.coco_categories import DETECTION_NAMES, PANOPTIC_CATEGORIES, panoptic_names
 from detr_jax.config import dataset_config, model_config
+from detr_jax.data.images import to_rgb
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
 from detr_jax.errors import UserError
 from detr_jax.fill import fill_v1
@@ -305,23 +306,23 @@ def test_image_modes_become_rgb(tmp_path):
     assert img.mode == "I;16"
   np.testing.assert_array_equal(predict.load_image(str(tmp_path / "deep.png")), expected_deep)
   for array in (deep.astype(">u2"), deep.astype(np.int32)):  # I;16B and I
-    np.testing.assert_array_equal(predict.to_rgb(Image.fromarray(array)), expected_deep)
+    np.testing.assert_array_equal(to_rgb(Image.fromarray(array)), expected_deep)
   rgba = np.array([[[200, 100, 0, 255], [200, 100, 0, 0], [200, 100, 0, 128]]], np.uint8)
   _save(rgba, tmp_path / "rgba.png")
   alpha = rgba[..., 3:] / 255
   composited = rgba[..., :3] * alpha + 255 * (1 - alpha)
   np.testing.assert_allclose(predict.load_image(str(tmp_path / "rgba.png")), composited, atol=1)
   la = Image.fromarray(rgba[..., [0, 3]], "LA")
-  np.testing.assert_allclose(predict.to_rgb(la)[..., 1], (rgba[..., 0] * alpha[..., 0] + 255 * (1 - alpha[..., 0])),
+  np.testing.assert_allclose(to_rgb(la)[..., 1], (rgba[..., 0] * alpha[..., 0] + 255 * (1 - alpha[..., 0])),
                              atol=1)
   palette = Image.new("P", (2, 1))
   palette.putpalette([10, 20, 30, 40, 50, 60])
   palette.putdata([0, 1])
-  assert predict.to_rgb(palette).tolist() == [[[10, 20, 30], [40, 50, 60]]]
+  assert to_rgb(palette).tolist() == [[[10, 20, 30], [40, 50, 60]]]
   _save(palette, tmp_path / "transparent.png", transparency=1)
   assert predict.load_image(str(tmp_path / "transparent.png")).tolist() == [[[10, 20, 30], [255, 255, 255]]]
-  assert predict.to_rgb(Image.fromarray(np.array([[7, 250]], np.uint8))).tolist() == [[[7] * 3, [250] * 3]]
-  assert predict.to_rgb(Image.fromarray(np.array([[True, False]]))).tolist() == [[[255] * 3, [0] * 3]]
+  assert to_rgb(Image.fromarray(np.array([[7, 250]], np.uint8))).tolist() == [[[7] * 3, [250] * 3]]
+  assert to_rgb(Image.fromarray(np.array([[True, False]]))).tolist() == [[[255] * 3, [0] * 3]]
   _save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=100)
   np.testing.assert_allclose(predict.load_image(str(tmp_path / "cmyk.jpg")), np.full((8, 8, 3), [255, 0, 0]), atol=3)
 

@@ -1,5 +1,4 @@
-"""Evaluation: COCO box AP."""
-from detr_jax.evaluation.coco import (STAT_NAMES, CocoEvaluator, coco_box_ap, coco_from_examples,
-                                      coco_from_json)
+"""Evaluation: COCO box and mask AP (`coco`), panoptic quality (`panoptic`)."""
+from detr_jax.evaluation.coco import STAT_NAMES, CocoEvaluator, coco_from_examples, coco_from_json
 
-__all__ = ["STAT_NAMES", "CocoEvaluator", "coco_box_ap", "coco_from_examples", "coco_from_json"]
+__all__ = ["STAT_NAMES", "CocoEvaluator", "coco_from_examples", "coco_from_json"]

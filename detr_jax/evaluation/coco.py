@@ -154,16 +154,3 @@ class CocoEvaluator:
       coco_eval.accumulate()
       coco_eval.summarize()
     return dict(zip(STAT_NAMES, (float(v) for v in coco_eval.stats)))
-
-  def summarize_all(self):
-    """{iou type: {name: float}} for every iou type in `iou_types`."""
-    return {iou_type: self.summarize(iou_type) for iou_type in self.iou_types}
-
-
-def coco_box_ap(examples, detections, class_names=None):
-  """The 12 stats of detections ({image_id, boxes, scores, labels} per image, as `add` takes them)
-  against the ground truth of `examples`; only images with an entry in `detections` are evaluated."""
-  evaluator = CocoEvaluator(coco_from_examples(examples, class_names))
-  for d in detections:
-    evaluator.add(d["image_id"], d["boxes"], d["scores"], d["labels"])
-  return evaluator.summarize()

@@ -11,11 +11,6 @@ def cxcywh_to_xyxy(boxes):
   return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
-def xyxy_to_cxcywh(boxes):
-  x0, y0, x1, y1 = jnp.moveaxis(boxes, -1, 0)
-  return jnp.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
-
-
 def box_area(boxes):
   """Area of xyxy boxes [..., 4] -> [...]."""
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
