@@ -4,7 +4,7 @@
       [--runs default:2 0:1 0:2 1:2 2:2] [--step-seconds 3.67]
 
 Each batch: decode JPEG, official random flip / crop / multi-scale resize, normalise, pad into the
-dataset.bucket_sides buckets, collate (`detr_jax.data.pipeline.Batches`). Images: --coco-path's
+dataset.bucket_sides buckets, collate (`detr_jax.data.stream.build_stream`). Images: --coco-path's
 train2017 split (validated first, as training does), or --images synthetic COCO-format JPEGs of
 --size (COCO's typical 480x640), written to a temporary folder by `detr_jax.data.fake_coco`.
 --runs are WORKERS:THREADS pairs (workers "default": `dataset_config().workers`, i.e. -1, min(8,
@@ -20,11 +20,11 @@ import re
 import tempfile
 import time
 
-from detr_jax.config import dataset_config, training_config
+from detr_jax.config import dataset_config, model_config, training_config
 from detr_jax.data import fake_coco
 from detr_jax.data.coco import CocoDetection
-from detr_jax.data.pipeline import Batches, StreamPlan, default_workers
-from detr_jax.data.transforms import Augment
+from detr_jax.data.pipeline import default_workers
+from detr_jax.data.stream import build_stream
 from detr_jax.errors import UserError
 
 PREFETCH = 2  # Batches' default prefetch (per worker buffer and per read-thread pool)
@@ -33,9 +33,10 @@ PREFETCH = 2  # Batches' default prefetch (per worker buffer and per read-thread
 def measure(dataset, args, workers: int, threads: int) -> dict:
   resolved = default_workers() if workers < 0 else workers
   warmup = args.warmup + max(resolved, 1) * (PREFETCH + threads)
-  plan = StreamPlan(dataset, args.batch, dataset_config().bucket_sides, seed=0, train=True, augment=Augment())
-  loader = Batches(plan, training_config().max_objects, num_steps=warmup + args.batches, workers=workers,
-                   threads=threads, prefetch=PREFETCH)
+  config = training_config(global_batch_size=args.batch, seed=0)
+  config.model, config.dataset = model_config(), dataset_config(workers=workers)
+  loader = build_stream(config, dataset, "train", num_steps=warmup + args.batches, threads=threads,
+                        prefetch=PREFETCH)
   start, times, shapes = time.perf_counter(), [], []
   it = iter(loader)
   for batch in it:

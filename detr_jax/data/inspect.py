@@ -24,23 +24,17 @@ from tqdm import tqdm
 from detr_jax import config as config_lib
 from detr_jax.data import SPLITS, build_dataset, transforms
 from detr_jax.data.batching import normalize_boxes, normalize_image
+from detr_jax.data.stream import stream_plan
 from detr_jax.errors import UserError
 from detr_jax.visualize import draw_detections
 
 
 def transformed_examples(config, dataset, split: str, limit: int):
-  """The first `limit` examples of `dataset` (split `split` of config.dataset) after the split's transforms."""
-  ds = config.dataset
-  augment = transforms.Augment(tuple(ds.scales), ds.max_size, tuple(ds.crop_resize), tuple(ds.crop_size))
+  """The first `limit` examples of `dataset` (split `split` of config.dataset) after the split's
+  transforms, example i planned as at position i of the split's stream."""
+  plan = stream_plan(config, dataset, split, global_batch=1)
   for i in range(min(limit, len(dataset))):
-    hw = dataset.image_hw(i)
-    if not ds.augment:
-      plan = ()
-    elif split == "train":
-      plan = transforms.plan_train(transforms.example_rng(config.seed, i), hw, augment)
-    else:
-      plan = transforms.plan_val(hw, ds.val_size, ds.max_size)
-    yield transforms.apply_plan(dataset[i], plan)
+    yield transforms.apply_plan(dataset[i], plan.plan(i, i))
 
 
 def make_out_dir(out: str) -> None:

@@ -16,7 +16,6 @@ import os
 
 import grain.python as grain
 from absl import flags
-from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
 import numpy as np
 
 from detr_jax.data import transforms
@@ -41,15 +40,16 @@ class StreamPlan:
 
   train: a new permutation of the dataset every epoch and the official random augmentation
   (`augment=None`: none); eval (train=False): the examples in order, the last batch filled up with
-  repeats flagged not real, and the official val resize (or none).
+  repeats flagged not real, and the official val resize to (val_size, max_size) (`val_resize=False`:
+  none).
   """
 
   def __init__(self, dataset, global_batch: int, bucket_sides, seed: int = 0, train: bool = True,
-               augment: transforms.Augment | None = transforms.Augment(), val_size: int = 800,
-               max_size: int = 1333):
+               augment: transforms.Augment | None = transforms.Augment(), val_resize: bool = True,
+               val_size: int = 800, max_size: int = 1333):
     self.dataset, self.global_batch, self.bucket_sides = dataset, global_batch, tuple(bucket_sides)
     self.seed, self.train, self.augment = seed, train, augment
-    self.val_size, self.max_size = val_size, max_size
+    self.val_resize, self.val_size, self.max_size = val_resize, val_size, max_size
     self._orders = {}  # epoch -> permutation, the current epoch's only
 
   def num_steps(self) -> int | None:
@@ -66,20 +66,22 @@ class StreamPlan:
       self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
     return int(self._orders[epoch][offset]), True
 
-  def plan(self, step: int, slot: int, index: int):
-    if self.augment is None:
-      return ()
-    hw = self.dataset.image_hw(index)
-    if not self.train:
-      return transforms.plan_val(hw, self.val_size, self.max_size)
-    rng = transforms.example_rng(self.seed, step * self.global_batch + slot)
-    return transforms.plan_train(rng, hw, self.augment)
+  def plan(self, position: int, index: int):
+    """The transforms of example `index` at stream `position` (step * global_batch + slot); a train
+    augmentation is drawn from a generator seeded by (seed, position)."""
+    if self.train and self.augment is not None:
+      rng = transforms.example_rng(self.seed, position)
+      return transforms.plan_train(rng, self.dataset.image_hw(index), self.augment)
+    if not self.train and self.val_resize:
+      return transforms.plan_val(self.dataset.image_hw(index), self.val_size, self.max_size)
+    return ()
 
   def bucket(self, step: int) -> tuple[int, int]:
     sizes = []
     for slot in range(self.global_batch):
       index, _ = self.index(step, slot)
-      sizes.append(transforms.planned_size(self.plan(step, slot, index), self.dataset.image_hw(index)))
+      plan = self.plan(step * self.global_batch + slot, index)
+      sizes.append(transforms.planned_size(plan, self.dataset.image_hw(index)))
     return bucket_shape(np.max(sizes, axis=0), self.bucket_sides)
 
 
@@ -113,7 +115,8 @@ class _LocalBatches(grain.RandomAccessDataSource):
     examples, real = [], []
     for slot in self.slots:
       index, is_real = self.plan.index(step, slot)
-      examples.append(transforms.apply_plan(self.plan.dataset[index], self.plan.plan(step, slot, index)))
+      plan = self.plan.plan(step * self.plan.global_batch + slot, index)
+      examples.append(transforms.apply_plan(self.plan.dataset[index], plan))
       real.append(is_real)
     batch = collate(examples, pad_to=self.plan.bucket(step), max_objects=self.max_objects,
                     with_masks=self.with_masks)
@@ -141,6 +144,7 @@ class Batches:
   def __init__(self, plan: StreamPlan, max_objects: int, with_masks: bool = False, num_steps: int | None = None,
                process_index: int = 0, process_count: int = 1, workers: int = 0, threads: int = 2,
                prefetch: int = 2):
+    self.plan = plan
     source = _LocalBatches(plan, max_objects, with_masks, process_index, process_count,
                            num_steps or plan.num_steps() or ENDLESS)
     workers = default_workers() if workers < 0 else workers
@@ -167,13 +171,15 @@ class Batches:
   def close(self) -> None:
     """Stops the workers and frees the shared memory of batches they prepared ahead.
 
-    grain 0.2 has no public way to do this: its loader iterator wraps a dataset iterator that
-    can be closed, and worker batches are unlinked by a one-thread pool that must drain first.
+    grain (0.2.16 to 0.2.18 at least) has no public way to do this, so two internals are used,
+    and tests/test_grain_internals.py fails naming the grain version when they change: the loader
+    iterator's `_iterator`, a dataset iterator that can be closed, and the one-thread pool
+    (`SharedMemoryArray._del_thread_pool`) that unlinks worker batches, which must drain first.
     """
     if self._iterator is None:
       return
     self._iterator._iterator.close()
     self._iterator = None
     gc.collect()  # drops the prefetched batches, queueing their unlinks
-    if SharedMemoryArray._del_thread_pool is not None:
-      SharedMemoryArray._del_thread_pool.apply(lambda: None)  # FIFO: returns once they ran
+    if grain.SharedMemoryArray._del_thread_pool is not None:
+      grain.SharedMemoryArray._del_thread_pool.apply(lambda: None)  # FIFO: returns once they ran

@@ -12,29 +12,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from detr_jax.data.pipeline import Batches, StreamPlan
-from detr_jax.data.transforms import Augment
+from detr_jax.data.stream import build_stream
 from detr_jax.evaluation.coco import CocoEvaluator, encode_masks
 from detr_jax.evaluation.panoptic import pq_compute, write_panoptic_predictions
 from detr_jax.postprocess import postprocess_panoptic, postprocess_segm
 from detr_jax.training import step as steps
-
-
-def stream_plan(config, dataset, train: bool) -> StreamPlan:
-  """The train or eval stream of `dataset` with the transforms and buckets of `config.dataset`."""
-  ds = config.dataset
-  augment = Augment(tuple(ds.scales), ds.max_size, tuple(ds.crop_resize), tuple(ds.crop_size)) if ds.augment else None
-  batch = config.global_batch_size if train else (config.eval_batch_size or config.global_batch_size)
-  if batch % jax.device_count():
-    raise ValueError(f"{'global' if train else 'eval'} batch size {batch} must be divisible by the number "
-                     f"of devices ({jax.device_count()})")
-  return StreamPlan(dataset, batch, ds.bucket_sides, seed=config.seed, train=train, augment=augment,
-                    val_size=ds.val_size, max_size=ds.max_size)
-
-
-def batches(config, plan: StreamPlan, with_masks: bool) -> Batches:
-  return Batches(plan, config.max_objects, with_masks=with_masks, process_index=jax.process_index(),
-                 process_count=jax.process_count(), workers=config.dataset.workers)
 
 
 def _mask_results(out, batch, dataset, segm: bool, panoptic: bool):
@@ -82,9 +64,8 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
   masks = config.model.masks
   panoptic = masks and getattr(dataset, "png_dir", None) is not None
   segm = masks and not panoptic and bool(config.dataset.get("masks"))
-  plan = stream_plan(config, dataset, train=False)
   outputs, segm_results, panoptic_results = [], [], []
-  loader = batches(config, plan, with_masks=False)
+  loader = build_stream(config, dataset, "val")
   for batch in loader:
     out = p_eval(params_repl, steps.shard({k: batch[k] for k in ("images", "mask", "orig_size")},
                                           jax.local_device_count()))
@@ -96,7 +77,8 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
       segm_results += s
       panoptic_results += p
   loader.close()
-  boxes = _gather_boxes({k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}, plan.global_batch)
+  local = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  boxes = _gather_boxes(local, loader.plan.global_batch)
 
   if segm or panoptic:
     p = jax.process_index()

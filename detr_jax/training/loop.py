@@ -14,10 +14,11 @@ from detr_jax import checkpoints
 from detr_jax.criterion import SetCriterion
 from detr_jax.errors import UserError
 from detr_jax.data import build_dataset, resolve_num_classes, validate_datasets
+from detr_jax.data.stream import build_stream
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
 from detr_jax.training.checkpoint import Checkpointer
-from detr_jax.training.evaluate import batches, evaluate, stream_plan
+from detr_jax.training.evaluate import evaluate
 from detr_jax.training.metrics_log import MetricsLog
 from detr_jax.training.optimizer import make_optimizer
 from detr_jax.training.preemption import StopSignals
@@ -161,11 +162,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_ds, val_ds = build_dataset(config, "train"), build_dataset(config, "val")
   validate_datasets(train_ds, val_ds)  # every problem now, not when the loader reaches it
   saved_config = {**config.to_dict(), "class_names": list(train_ds.class_names)}
-  train_plan = stream_plan(config, train_ds, train=True)
+  loader = build_stream(config, train_ds, "train")
   model = build_model(config.model)
   criterion = make_criterion(config)
   key = jax.random.PRNGKey(config.seed)
-  loader = batches(config, train_plan, with_masks=config.model.masks)
   if resume_step is None:
     params = init_params(config, model, jax.random.fold_in(key, 0))
     tx = make_optimizer(config, params)
