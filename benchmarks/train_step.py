@@ -15,11 +15,11 @@ import numpy as np
 
 from detr_jax.config import VARIANTS, training_config, variant_config
 from detr_jax.fill import fill_v1
-from detr_jax.training import step as steps
-from detr_jax.training.loop import make_criterion
-from detr_jax.training.optimizer import make_optimizer
-from detr_jax.training.state import TrainState
 from detr_jax.models import build_model
+from detr_jax.training import step as steps
+from detr_jax.training.optimizer import make_optimizer
+from detr_jax.training.setup import make_criterion
+from detr_jax.training.state import TrainState
 from detr_jax.torch_io.convert import convert_official
 from detr_jax.torch_io.mapping import model_layout
 
