@@ -47,6 +47,7 @@ from detr_jax.config import dataset_config
 from detr_jax.data.batching import collate
 from detr_jax.data.images import read_image
 from detr_jax.data.pipeline import bucket_shape
+from detr_jax.data.stream import val_resize
 from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.data.transforms import apply_plan, plan_val
 from detr_jax.errors import UserError
@@ -68,10 +69,8 @@ class Preprocessing(NamedTuple):
 def preprocessing(config) -> Preprocessing:
   """The eval pipeline's settings of a training config; the official ones for converted checkpoints."""
   ds = config.get("dataset")
-  if ds is None:
-    official = dataset_config()
-    return Preprocessing(True, int(official.val_size), int(official.max_size), tuple(official.bucket_sides))
-  return Preprocessing(bool(ds.augment), int(ds.val_size), int(ds.max_size), tuple(ds.bucket_sides))
+  ds = dataset_config() if ds is None else ds  # converted official checkpoints: the default (official) settings
+  return Preprocessing(val_resize(ds), int(ds.val_size), int(ds.max_size), tuple(ds.bucket_sides))
 
 
 def class_names(config, checkpoint: str) -> tuple:
