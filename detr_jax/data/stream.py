@@ -13,7 +13,8 @@ from detr_jax.data.transforms import Augment
 
 
 def val_resize(ds) -> bool:
-  """dataset.val_resize; a config without the field resizes exactly when it augments (the old rule)."""
+  """dataset.val_resize; a config without the field (saved in an older checkpoint) resizes exactly
+  when it augments, the rule before the field existed."""
   return bool(ds.get("val_resize", ds.augment))
 
 
