@@ -83,11 +83,11 @@ def _suggest_variant(state_dict: dict, train_args, reinit: bool) -> None:
 
 
 def convert(args) -> int:
-  from detr_jax import checkpoints
+  from detr_jax import model_checkpoint
   from detr_jax.torch_io import convert as conv
   from detr_jax.torch_io.pth import load_pth
 
-  _check_destination(args.dst, args.force, checkpoints.is_model_checkpoint, CHECKPOINT)
+  _check_destination(args.dst, args.force, model_checkpoint.is_model_checkpoint, CHECKPOINT)
   obj = load_pth(args.src)
   try:
     cfg, params, report = _interpret(*conv.split_checkpoint(obj), args)
@@ -99,19 +99,19 @@ def convert(args) -> int:
         print(line, file=sys.stderr)
     hint = "" if args.list_keys else "(--list-keys lists them all)"
     raise UserError(f"{args.src} does not match {cfg.name}: {report.summary(more_hint=hint)}")
-  checkpoints.save_model(args.dst, cfg, params, replace=args.force)
+  model_checkpoint.save_model(args.dst, cfg, params, replace=args.force)
   print(f"wrote {args.dst}")
   return 0
 
 
 def export(args) -> int:
-  from detr_jax import checkpoints
+  from detr_jax import model_checkpoint
   from detr_jax.torch_io.convert import params_to_state_dict, variant_name
   from detr_jax.torch_io.mapping import model_layout
   from detr_jax.torch_io.pth import save_pth
 
   _check_destination(args.dst, args.force, os.path.isfile, "a file")
-  cfg, params = checkpoints.load_model(args.src)
+  cfg, params = model_checkpoint.load_model(args.src)
   if cfg.get("backbone_only", False):
     raise UserError(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
   try:

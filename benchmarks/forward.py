@@ -14,10 +14,8 @@ import jax
 import numpy as np
 
 from detr_jax.config import VARIANTS, variant_config
-from detr_jax.fill import fill_v1
 from detr_jax.models import build_model
-from detr_jax.torch_io.convert import convert_official
-from detr_jax.torch_io.mapping import model_layout
+from detr_jax.torch_io.convert import filled_params
 
 
 def main(argv=None):
@@ -33,7 +31,7 @@ def main(argv=None):
                  f"{args.reps}")
 
   cfg = variant_config(args.model).model
-  params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)
+  params = filled_params(cfg)
   params = jax.device_put(params)
   model = build_model(cfg, isolate_padding=args.isolate_padding)
   h, w = args.size

@@ -14,12 +14,11 @@ import time
 import jax
 import numpy as np
 
+from detr_jax.coco_categories import is_thing_map
 from detr_jax.config import VARIANTS, variant_config
-from detr_jax.fill import fill_v1
 from detr_jax.models import build_model
 from detr_jax.postprocess import postprocess_panoptic
-from detr_jax.torch_io.convert import convert_official
-from detr_jax.torch_io.mapping import model_layout
+from detr_jax.torch_io.convert import filled_params
 
 
 def _median_time(fn, reps):
@@ -48,7 +47,7 @@ def main(argv=None):
                  f"{' '.join(map(str, args.mask_queries))} and {args.kept}")
 
   cfg = variant_config(args.model).model
-  params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(cfg)], seed=0), cfg)
+  params = filled_params(cfg)
   params = jax.device_put(params)
   h, w = args.size
   images = jax.device_put(np.random.default_rng(0).normal(size=(1, h, w, 3)).astype(np.float32))
@@ -64,7 +63,7 @@ def main(argv=None):
     threshold = float(np.sort(keepable)[-args.kept - 1])  # keeps the `kept` likeliest (fewer if not keepable)
     kept = int((keepable > threshold).sum())
     post = lambda out=out: postprocess_panoptic(
-        out["pred_logits"], out["pred_masks"], None, sizes, is_thing_map={c: c <= 90 for c in range(cfg.num_classes + 1)},
+        out["pred_logits"], out["pred_masks"], None, sizes, is_thing_map=is_thing_map(cfg.num_classes + 1),
         threshold=threshold, mask_query_index=out.get("mask_query_index"))
     forward_s = _median_time(lambda: jax.block_until_ready(forward(params, images, mask)), args.reps)
     post_s = _median_time(post, args.reps)

@@ -14,14 +14,12 @@ import jax
 import numpy as np
 
 from detr_jax.config import VARIANTS, training_config, variant_config
-from detr_jax.fill import fill_v1
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
 from detr_jax.training.optimizer import make_optimizer
 from detr_jax.training.setup import make_criterion
 from detr_jax.training.state import TrainState
-from detr_jax.torch_io.convert import convert_official
-from detr_jax.torch_io.mapping import model_layout
+from detr_jax.torch_io.convert import filled_params
 
 
 def random_batch(batch: int, h: int, w: int, objects: int, num_classes: int, max_objects: int, masks: bool):
@@ -57,7 +55,7 @@ def main(argv=None):
   config = training_config(global_batch_size=args.batch, max_objects=max(args.objects, 1))
   config.model = variant_config(args.model).model
   config.model.dropout = args.dropout
-  params, _ = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(config.model)], seed=0), config.model)
+  params = filled_params(config.model)
   model, tx = build_model(config.model), make_optimizer(config, params)
   p_train, _ = steps.pmapped_steps(model, make_criterion(config), tx)
   n = jax.local_device_count()

@@ -2,8 +2,6 @@
 
   python train.py --config configs/synthetic.py --workdir /tmp/detr_synthetic
 """
-import ml_collections
-
 from detr_jax.config import dataset_config, model_config, training_config
 from detr_jax.data.synthetic import CLASS_NAMES
 

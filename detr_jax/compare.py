@@ -130,7 +130,7 @@ def run_model(config, params, images_nchw, mask, intermediates: bool = False):
 
 
 def compare_model(args) -> int:
-  from detr_jax.checkpoints import load_model
+  from detr_jax.model_checkpoint import load_model
   from detr_jax.postprocess import postprocess_boxes
   from detr_jax.reference_layout import reference_arrays
 

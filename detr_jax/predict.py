@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from detr_jax.checkpoints import load_model
+from detr_jax.model_checkpoint import load_model
 from detr_jax.coco_categories import DETECTION_NAMES, is_thing_map, panoptic_names
 from detr_jax.config import dataset_config
 from detr_jax.data.batching import collate

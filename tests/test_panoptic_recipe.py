@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from detr_jax import checkpoints
+from detr_jax import model_checkpoint
 from detr_jax.data import fake_coco
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def _train(workdir, *extra):
                            *TINY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  return rows, checkpoints.load_model(os.path.join(workdir, "checkpoints", "2"))[1]
+  return rows, model_checkpoint.load_model(os.path.join(workdir, "checkpoints", "2"))[1]
 
 
 def test_two_stages_on_synthetic_masks(tmp_path):

@@ -12,29 +12,20 @@ import pytest
 from PIL import Image
 
 from detr_jax import predict
-from detr_jax.checkpoints import save_model
+from detr_jax.model_checkpoint import save_model
 from detr_jax.coco_categories import DETECTION_NAMES, PANOPTIC_CATEGORIES, panoptic_names
 from detr_jax.config import dataset_config, model_config
 from detr_jax.data.images import to_rgb
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
 from detr_jax.errors import UserError
-from detr_jax.fill import fill_v1
 from detr_jax.models import build_model
-from detr_jax.torch_io.convert import convert_official
-from detr_jax.torch_io.mapping import model_layout
+from detr_jax.torch_io.convert import filled_params
 from detr_jax.visualize import draw_detections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="resnet18", hidden_dim=64, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
             num_queries=8, dropout=0.0)
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def _filled_params(model_cfg, seed=0):
-  """Params as a converted official checkpoint holds them, from fill procedure v1."""
-  params, report = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(model_cfg)], seed), model_cfg)
-  assert report.ok
-  return params
 
 
 def _image(path, h, w, seed):
@@ -81,7 +72,7 @@ def _threshold_between(scores):
 def test_converted_checkpoint_matches_the_model_on_each_image_alone(tmp_path, capsys):
   """Official preprocessing (resize 800 / max 1333), padding that changes nothing, boxes, names, threshold."""
   config = ml_collections.ConfigDict({"name": "tiny", "model": model_config(**TINY, num_classes=91)})
-  params = _filled_params(config.model)
+  params = filled_params(config.model)
   save_model(str(tmp_path / "ckpt"), config, params)
   images = [_image(tmp_path / "wide.png", 60, 80, 1), _image(tmp_path / "tall.jpg.png", 90, 50, 2)]
   # 60x80 -> 800x1066, 90x50 -> 1333x741 (long side capped); the CLI pads both to the (1344, 1088) bucket.
@@ -131,7 +122,7 @@ def test_panoptic_model_writes_segments(tmp_path, capsys):
       "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),  # GroupNorm(8) of d/16
       "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(64, 128, 192)),
       "class_names": panoptic_names(250)})
-  params = _filled_params(config.model, seed=3)
+  params = filled_params(config.model, seed=3)
   head = params["detr"]["class_embed"]
   head["bias"][[17, 184]] += 30.0
   head["kernel"][:, [17, 184]] *= 30.0
@@ -207,7 +198,7 @@ def test_fatal_errors_are_one_line_and_exit_1(case, tmp_path, capsys):
     config.class_names = ["a", "b"]
   ckpt = tmp_path / "ckpt"
   if case != "missing checkpoint":
-    save_model(str(ckpt), config, _filled_params(config.model))
+    save_model(str(ckpt), config, filled_params(config.model))
   _image(tmp_path / "x.png", 8, 8, 0)
   (tmp_path / "out").write_text("a file" if case == "out-dir is a file" else "")
   out_dir = tmp_path / ("out" if case == "out-dir is a file" else "predictions")
@@ -244,7 +235,7 @@ def test_every_file_on_its_own_in_a_mixed_folder(tmp_path, capsys):
   config = ml_collections.ConfigDict({"model": model_config(**TINY, num_classes=91), "class_names": names,
                                       "dataset": dataset_config(name="coco_custom", val_size=48, max_size=64,
                                                                 bucket_sides=(48, 64))})
-  save_model(str(tmp_path / "ckpt"), config, _filled_params(config.model, seed=5))
+  save_model(str(tmp_path / "ckpt"), config, filled_params(config.model, seed=5))
   d = tmp_path / "in"
   d.mkdir()
   (d / "a_directory.jpg").mkdir()

@@ -78,7 +78,7 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path):
 
 def test_init_from_imagenet_backbone(tmp_path):
   """A converted torchvision ResNet-18 initialises the backbone; its frozen stem stays as loaded."""
-  from detr_jax import checkpoints
+  from detr_jax import model_checkpoint
   from detr_jax.fill import fill_v1
   from detr_jax.torch_io import save_pth
   from detr_jax.torch_io.mapping import resnet_layout
@@ -89,7 +89,7 @@ def test_init_from_imagenet_backbone(tmp_path):
   assert convert_torch_weights.main([str(tmp_path / "r18.pth"), str(tmp_path / "r18")]) == 0
   _train(tmp_path / "run", 1, "--config.total_steps=1", "--config.checkpoint_every=0",
          f"--config.init_from={tmp_path / 'r18'}")
-  _, params = checkpoints.load_model(str(tmp_path / "run" / "checkpoints" / "1"))
+  _, params = model_checkpoint.load_model(str(tmp_path / "run" / "checkpoints" / "1"))
   np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])
 
@@ -102,8 +102,8 @@ def _run(workdir, devices, *extra):
 
 def _params_finite(step_dir):
   import jax
-  from detr_jax import checkpoints
-  _, params = checkpoints.load_model(str(step_dir))
+  from detr_jax import model_checkpoint
+  _, params = model_checkpoint.load_model(str(step_dir))
   return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 

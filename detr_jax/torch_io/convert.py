@@ -10,6 +10,7 @@ from flax import traverse_util
 from detr_jax.architecture import RESNET_SPECS
 from detr_jax.config import VARIANTS, model_config, variant_config
 from detr_jax.errors import UserError
+from detr_jax.fill import fill_v1
 from detr_jax.torch_io.mapping import Entry, flax_shape, model_layout, resnet_layout, to_flax, to_torch
 
 
@@ -90,6 +91,14 @@ def convert_official(state_dict: dict, model_cfg, reinit_class_head: bool = Fals
   if reinit_class_head:
     params = _fresh_class_head(params, model_cfg.num_classes)
   return params, report
+
+
+def filled_params(model_cfg, seed: int = 0) -> dict:
+  """Our parameter tree of `model_cfg` as a converted official checkpoint filled with fill
+  procedure v1 (`seed`) holds it: deterministic weights for tests and benchmarks."""
+  params, report = convert_official(fill_v1([(e.key, e.shape) for e in model_layout(model_cfg)], seed), model_cfg)
+  assert report.ok, report  # the layout is generated from the same config
+  return params
 
 
 def convert_torchvision_resnet(state_dict: dict, arch: str) -> tuple[dict, KeyReport]:

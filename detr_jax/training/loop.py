@@ -7,13 +7,13 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from detr_jax import checkpoints
+from detr_jax import model_checkpoint
 from detr_jax.data import build_dataset, resolve_num_classes, validate_datasets
 from detr_jax.data.stream import build_stream
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
-from detr_jax.training.checkpoint import Checkpointer
+from detr_jax.training.train_checkpoints import Checkpointer
 from detr_jax.training.evaluate import evaluate
 from detr_jax.training.metrics_log import MetricsLog
 from detr_jax.training.optimizer import make_optimizer
@@ -158,7 +158,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   ckpt.close()
   if step is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  saved, params = checkpoints.load_model(ckpt.step_dir(step))
+  saved, params = model_checkpoint.load_model(ckpt.step_dir(step))
   adopt_checkpoint_model(config, saved.to_dict(), ckpt.step_dir(step))
   val_ds = build_dataset(config, "val")
   validate_datasets(val_ds)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from detr_jax import checkpoints
+from detr_jax import model_checkpoint
 from detr_jax.criterion import SetCriterion
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
-from detr_jax.training.checkpoint import Checkpointer
+from detr_jax.training.train_checkpoints import Checkpointer
 
 
 def make_criterion(config) -> SetCriterion:
@@ -56,7 +56,7 @@ def load_initial_weights(config, params):
   A converted DETR whose class count differs from config.model.num_classes keeps our fresh class
   head; every other mismatch is an error.
   """
-  src_cfg, src = checkpoints.load_model(config.init_from)
+  src_cfg, src = model_checkpoint.load_model(config.init_from)
   flat_src = traverse_util.flatten_dict(src)
   flat = traverse_util.flatten_dict(params)
   if src_cfg.get("backbone_only", False):

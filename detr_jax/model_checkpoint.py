@@ -1,6 +1,7 @@
-"""Model checkpoints: an orbax directory holding `params` and the `config` (as JSON).
+"""A model checkpoint: an orbax directory holding a model's `params` and its `config` (as JSON).
 
 Converted official weights and trained models share this layout, so every tool loads either.
+(The full train state, rotated during training, is `detr_jax.training.train_checkpoints`.)
 """
 import os
 import shutil

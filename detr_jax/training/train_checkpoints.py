@@ -1,6 +1,6 @@
-"""Training checkpoints: WORKDIR/checkpoints/<step>/ written atomically and asynchronously by orbax.
+"""Train-state checkpoints: WORKDIR/checkpoints/<step>/ written atomically and asynchronously by orbax.
 
-Each step directory holds `params` and `config` (so `detr_jax.checkpoints.load_model` reads it
+Each step directory holds `params` and `config` (so `detr_jax.model_checkpoint.load_model` reads it
 like a converted checkpoint; the config also carries the dataset's `class_names`), plus
 `opt_state`, `meta` (step and PRNG key) and `data` (the input iterator's state as JSON).
 
