@@ -15,7 +15,7 @@ def get_config():
   config.model = model_config(
       backbone="resnet18", hidden_dim=128, nheads=8, enc_layers=2, dec_layers=2, dim_feedforward=512,
       num_queries=10, num_classes=len(CLASS_NAMES), dropout=0.0)
-  config.dataset = dataset_config(name="synthetic", augment=False, bucket_sides=(128,), workers=0, masks=True)
+  config.dataset = dataset_config(name="synthetic", augment=False, val_resize=False, bucket_sides=(128,), workers=0, masks=True)
   config.dataset.update(dict(image_size=(128, 128), num_train=100_000, num_val=200, num_objects=(1, 3),
                              object_size=(0.25, 0.6), seed=0))
   return config

@@ -126,7 +126,7 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
       masks=False,                  # load instance masks (needed by models with masks=True)
       train_images="", train_json="", val_images="", val_json="",
       tfds_name="coco/2017", tfds_data_dir="",
-      augment=True,                 # official train augmentation; False: none (and no val resize)
+      augment=True,                 # official train augmentation; False: none
       # The official train augmentation: flip, then either a resize of the shorter side to one of
       # `scales` (the longer at most max_size), or a resize to one of crop_resize, a random crop of
       # crop_size (min, max) per side, then the same resize: objects at many scales and positions.
@@ -134,6 +134,7 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
       max_size=1333,
       crop_resize=(400, 500, 600),
       crop_size=(384, 600),
+      val_resize=True,              # the official val resize (below); False: images as they are
       val_size=800,                 # validation: the shorter side resized to 800 (max_size for the longer)
       bucket_sides=(640, 800, 1088, 1344),  # each padded side is one of these: few shapes, few compilations
       workers=-1,                   # grain worker processes; -1: min(8, CPUs); 0: threads only

@@ -110,7 +110,7 @@ def test_default_preprocessing_and_buckets():
   assert batch["images"].shape == (1, 800, 1088, 3) and batch["size"].tolist() == [[800, 1066]]
   assert batch["orig_size"].tolist() == [[480, 640]] and batch["mask"][0, :800, 1066:].all()
   synthetic = ml_collections.ConfigDict({"model": model_config(), "dataset": dataset_config(
-      name="synthetic", augment=False, bucket_sides=(64,))})
+      name="synthetic", augment=False, val_resize=False, bucket_sides=(64,))})
   prep = predict.preprocessing(synthetic)
   batch = predict.prepare_batch([np.zeros((70, 64, 3), np.uint8)], prep)  # no resize; beyond the largest bucket
   assert batch["images"].shape == (1, 128, 64, 3) and batch["size"].tolist() == [[70, 64]]

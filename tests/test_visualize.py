@@ -98,7 +98,8 @@ def test_inspect_draws_a_one_pixel_wide_panoptic_segment(tmp_path):
     json.dump({"images": [{"id": 1, "height": 40, "width": 32}], "categories": categories,
                "annotations": [{"image_id": 1, "file_name": "a.png", "segments_info": segments}]}, f)
   config = ml_collections.ConfigDict({"seed": 0, "model": model_config(), "dataset": dataset_config(
-      name="coco_panoptic", coco_path=str(tmp_path), coco_panoptic_path=str(tmp_path), augment=False)})
+      name="coco_panoptic", coco_path=str(tmp_path), coco_panoptic_path=str(tmp_path), augment=False,
+      val_resize=False)})
   inspect(config, "val", str(tmp_path / "out"), limit=1)
   assert np.load(tmp_path / "out" / "examples.npz")["boxes_0"][0, 2] == 0  # normalised width: zero
   with Image.open(tmp_path / "out" / "00000_1.png") as saved:
