@@ -29,6 +29,7 @@ BACKBONES = tuple(RESNET_SPECS)  # resnet18, resnet34, resnet50, resnet101
 POSITION_EMBEDDINGS = ("sine", "learned")
 DATASETS = ("synthetic", "coco", "coco_panoptic", "coco_custom", "tfds")
 MATCHER_BACKENDS = ("scipy", "optax")
+COCO_EVALUATORS = ("pycocotools",)
 COCO_TRAIN_IMAGES = 118_287  # train2017
 
 # Released checkpoints: name -> overrides of the default (DETR R50, COCO detection).
@@ -92,6 +93,8 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       freeze_stem=True,           # conv1 + layer1 frozen (official); False when training from scratch
       init_from="",               # converted checkpoint (or backbone-only) to start from
       max_objects=100,            # targets are padded to this many objects per image
+      grad_accum_steps=1,         # micro-batches per update: k of global_batch_size / k images each
+      ema_decay=0.0,              # exponential moving average of the parameters (0: off); evaluated when on
       log_every=50,               # 0 disables
       eval_every=0,
       checkpoint_every=1000,
@@ -99,6 +102,10 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       num_pictures=8,
       picture_threshold=0.5,
       progress=True,
+      tensorboard=True,           # TensorBoard event files in WORKDIR/tensorboard (metrics.jsonl is always written)
+      coco_evaluator="pycocotools",  # COCO_EVALUATORS: pycocotools is the reference
+      best_metric="",             # e.g. "eval/AP": keep the best checkpoint by it in WORKDIR/best ("" off)
+      early_stopping_evals=0,     # stop after this many evaluations without a better best_metric (0: never)
       compilation_cache_dir="~/.cache/detr_jax/xla",  # persistent XLA cache ("" disables)
       # The official loss (SPEC 3): matching costs and loss weights L1 5, GIoU 2, class 1 (the paper's
       # ablation: class + L1 35.8 AP, class + GIoU 39.9, all three 40.6); the no-object class weighs
@@ -185,18 +192,19 @@ def panoptic_training_config(variant: str, stage: str) -> ml_collections.ConfigD
 
 
 # Checked by `check_config` where the config has them (a sequence: each of its numbers).
-NON_NEGATIVE = ("total_steps", "lr_drop_step", "warmup_steps", "eval_batch_size", "log_every", "eval_every",
+NON_NEGATIVE = ("total_steps", "ema_decay", "early_stopping_evals", "lr_drop_step", "warmup_steps", "eval_batch_size", "log_every", "eval_every",
                 "checkpoint_every", "num_pictures", "lr", "weight_decay", "clip_max_norm", "model.enc_layers",
                 "loss.eos_coef", "loss.set_cost_class", "loss.set_cost_bbox", "loss.set_cost_giou",
                 "loss.bbox_loss_coef", "loss.giou_loss_coef", "loss.mask_loss_coef", "loss.dice_loss_coef",
                 "dataset.num_train", "dataset.num_val", "dataset.num_objects")
-POSITIVE = ("global_batch_size", "max_objects", "model.hidden_dim", "model.nheads", "model.dec_layers",
+POSITIVE = ("global_batch_size", "grad_accum_steps", "max_objects", "model.hidden_dim", "model.nheads", "model.dec_layers",
             "model.dim_feedforward", "model.num_queries", "dataset.scales", "dataset.max_size",
             "dataset.crop_resize", "dataset.crop_size", "dataset.val_size", "dataset.bucket_sides",
             "dataset.image_size", "dataset.object_size")
-AT_MOST_ONE = ("picture_threshold", "dataset.object_size")
+AT_MOST_ONE = ("picture_threshold", "ema_decay", "dataset.object_size")
 CHOICES = {"model.backbone": BACKBONES, "model.position_embedding": POSITION_EMBEDDINGS,
-           "dataset.name": DATASETS, "loss.matcher_backend": MATCHER_BACKENDS}
+           "dataset.name": DATASETS, "loss.matcher_backend": MATCHER_BACKENDS,
+           "coco_evaluator": COCO_EVALUATORS}
 MIN_MAX = ("dataset.crop_size", "dataset.num_objects", "dataset.object_size")  # (min, max): min <= max
 
 
