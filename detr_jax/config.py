@@ -29,6 +29,9 @@ BACKBONES = tuple(RESNET_SPECS)  # resnet18, resnet34, resnet50, resnet101
 POSITION_EMBEDDINGS = ("sine", "learned")
 DATASETS = ("synthetic", "coco", "coco_panoptic", "coco_custom", "tfds")
 MATCHER_BACKENDS = ("scipy", "optax")
+DTYPES = ("float32", "bfloat16")
+REMAT = ("none", "backbone", "transformer", "all")
+ATTENTION = ("reference", "xla", "cudnn")
 COCO_EVALUATORS = ("pycocotools",)
 COCO_TRAIN_IMAGES = 118_287  # train2017
 
@@ -61,6 +64,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       num_classes=91,               # max class id + 1; logits have num_classes + 1 (no-object last)
       aux_loss=True,                # the loss on every decoder layer's output too (the paper found it helps)
       masks=False,                  # True: the panoptic model (DETRsegm) with pred_masks
+      # How the model computes (DTYPES, REMAT, ATTENTION; see detr_jax.models): none of these
+      # changes the parameters, which stay float32.
+      dtype="float32",              # bfloat16: convs, matmuls and attention in bf16, norms/softmax/heads/outputs in float32
+      remat="none",                 # recompute the backbone's blocks and/or the transformer's layers in the backward pass
+      attention="reference",        # xla / cudnn: jax.nn.dot_product_attention (no attention dropout: dropout must be 0 to train)
   ))
   unknown = set(overrides) - set(cfg.keys())
   if unknown:
@@ -204,7 +212,8 @@ POSITIVE = ("global_batch_size", "grad_accum_steps", "max_objects", "model.hidde
 AT_MOST_ONE = ("picture_threshold", "ema_decay", "dataset.object_size")
 CHOICES = {"model.backbone": BACKBONES, "model.position_embedding": POSITION_EMBEDDINGS,
            "dataset.name": DATASETS, "loss.matcher_backend": MATCHER_BACKENDS,
-           "coco_evaluator": COCO_EVALUATORS}
+           "coco_evaluator": COCO_EVALUATORS, "model.dtype": DTYPES, "model.remat": REMAT,
+           "model.attention": ATTENTION}
 MIN_MAX = ("dataset.crop_size", "dataset.num_objects", "dataset.object_size")  # (min, max): min <= max
 
 
@@ -413,6 +422,12 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   if model.dilation and not RESNET_SPECS[model.backbone][1]:
     raise UserError(f"config key model.dilation (DC5) needs a bottleneck backbone (resnet50, resnet101), "
                     f"not {model.backbone}")
+  attention = model.get("attention", "reference")
+  if attention != "reference" and model.dropout > 0:
+    raise UserError(f"config key model.attention={attention!r} has no dropout on the attention weights (the official "
+                    f"model drops them there): use it with model.dropout=0, or model.attention='reference'")
+  if attention == "cudnn" and model.get("dtype", "float32") != "bfloat16":
+    raise UserError("config key model.attention='cudnn' (cuDNN flash attention) needs model.dtype='bfloat16'")
   widths = mask_head_widths(d, heads)
   if model.masks and any(width % MASK_HEAD_GROUPS for width in widths):
     raise UserError(f"model.masks=True: the mask head's widths {widths} (model.hidden_dim + model.nheads, then "
