@@ -1,7 +1,7 @@
 """Train or evaluate DETR.
 
   python train.py --config configs/synthetic.py --workdir /tmp/detr [--config.total_steps=100 ...]
-  python train.py --config configs/synthetic.py --workdir /tmp/detr --mode eval
+  python train.py --config configs/synthetic.py --workdir /tmp/detr --mode eval [--checkpoint /tmp/detr/best]
   python train.py --config configs/synthetic.py --print_config [--config.total_steps=100 ...]
 
 --config.KEY=VALUE sets any field of the config (--config.model.dropout=0.0,
@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 from detr_jax import config as config_lib
 from detr_jax.errors import UserError
+from detr_jax.training.metrics_log import format_stats
 from detr_jax.training import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -32,6 +33,8 @@ flags.DEFINE_bool("print_config", False, "Print the configuration, one KEY=VALUE
                   "--config.KEY=VALUE overrides applied), and exit.")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and pictures.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate at the end) or only evaluate.")
+flags.DEFINE_string("checkpoint", None, "--mode eval: the model checkpoint to evaluate (WORKDIR/best, a converted "
+                    "one, ...) instead of WORKDIR's latest; pictures go to WORKDIR.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-host training.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
@@ -77,18 +80,20 @@ def main(overrides) -> int:
     return 0
   if not FLAGS.workdir:
     raise UserError("--workdir is required (or --print_config)")
-  workdir_lib.check_workdir(FLAGS.workdir, create=FLAGS.mode == "train")
+  if FLAGS.checkpoint and FLAGS.mode != "eval":
+    raise UserError("--checkpoint is for --mode eval; to start training from a checkpoint use --config.init_from")
+  workdir_lib.check_workdir(FLAGS.workdir, create=FLAGS.mode == "train" or bool(FLAGS.checkpoint))
   initialize_jax(config)
   import jax
   config_lib.check_config(config, device_count=jax.device_count())
   from detr_jax.training import loop
   with workdir_lib.disk_full_is_user_error(FLAGS.workdir):
     if FLAGS.mode == "eval":
-      stats = loop.evaluate_checkpoint(config, FLAGS.workdir)
+      stats = loop.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint or "")
     else:
       stats = loop.train_and_evaluate(config, FLAGS.workdir)
   if stats and jax.process_index() == 0:  # {}: stopped by a signal, after saving a checkpoint
-    print("eval: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    print("eval: " + format_stats(stats))  # AP, AR and PQ all in percent
   return 0
 
 

@@ -11,6 +11,7 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from detr_jax.data.stream import build_stream
 from detr_jax.evaluation.coco import CocoEvaluator, encode_masks
@@ -66,7 +67,9 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
   segm = masks and not panoptic and bool(config.dataset.get("masks"))
   outputs, segm_results, panoptic_results = [], [], []
   loader = build_stream(config, dataset, "val")
-  for batch in loader:
+  bar = tqdm(loader, total=loader.plan.num_steps(), desc="eval", leave=False, dynamic_ncols=True,
+             disable=not (config.progress and jax.process_index() == 0))
+  for batch in bar:
     out = p_eval(params_repl, steps.shard({k: batch[k] for k in ("images", "mask", "orig_size")},
                                           jax.local_device_count()))
     out = {k: v.reshape(-1, *v.shape[2:]) for k, v in jax.device_get(out).items()}
