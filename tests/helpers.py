@@ -1,6 +1,7 @@
 """Shared test helpers: the public reference data and models filled with fill procedure v1."""
 import json
 import os
+import tempfile
 
 import ml_collections
 import numpy as np
@@ -10,6 +11,10 @@ from detr_jax.fill import fill_v1
 from detr_jax.torch_io.mapping import model_layout
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# train.py runs in tests share a persistent XLA cache of their own, one per pytest-xdist worker (jax
+# writes cache files in place, so two processes compiling the same program must not share a folder).
+XLA_CACHE_FLAG = "--config.compilation_cache_dir=" + os.path.join(
+    tempfile.gettempdir(), "detr_jax_test_xla", os.environ.get("PYTEST_XDIST_WORKER", "main"))
 
 
 def fixture_path(name: str) -> str:

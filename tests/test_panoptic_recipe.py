@@ -9,13 +9,14 @@ import numpy as np
 
 from detr_jax import model_checkpoint
 from detr_jax.data import fake_coco
+from helpers import XLA_CACHE_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_dim=128", "--config.model.dim_feedforward=64",
         "--config.model.enc_layers=1", "--config.model.dec_layers=2", "--config.model.num_queries=6",
         "--config.dataset.image_size=(64, 64)", "--config.dataset.bucket_sides=(64,)", "--config.dataset.num_val=4",
         "--config.global_batch_size=4", "--config.log_every=1", "--config.num_pictures=0", "--config.progress=False",
-        "--config.total_steps=2", "--config.checkpoint_every=0"]
+        "--config.total_steps=2", "--config.checkpoint_every=0", XLA_CACHE_FLAG]
 
 
 def _train(workdir, *extra):

@@ -21,6 +21,7 @@ from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.torch_io.convert import filled_params
 from detr_jax.visualize import draw_detections
+from helpers import XLA_CACHE_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="resnet18", hidden_dim=64, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
@@ -169,7 +170,7 @@ def test_trained_synthetic_checkpoint_names_synthetic_classes(tmp_path, capsys):
        "--config.model.enc_layers=1", "--config.model.dec_layers=1", "--config.model.num_queries=6",
        "--config.dataset.image_size=(64, 64)", "--config.dataset.bucket_sides=(64,)",
        "--config.dataset.num_val=4", "--config.global_batch_size=4", "--config.num_pictures=0",
-       "--config.progress=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+       "--config.progress=False", XLA_CACHE_FLAG], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   image = SyntheticShapes(1, image_size=(64, 64), split="val")[0]["image"]
   Image.fromarray(image).save(tmp_path / "shapes.png")
