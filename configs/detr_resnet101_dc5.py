@@ -1,4 +1,4 @@
-"""detr_resnet101_dc5 on COCO 2017 with the official recipe (SPEC 6.1): batch 64, 500 epochs, lr drop at 400.
+"""detr_resnet101_dc5 on COCO 2017 with the official recipe (docs/parity.md §12): batch 64, 500 epochs, lr drop at 400.
 
   python train.py --config configs/detr_resnet101_dc5.py --workdir W --config.dataset.coco_path=/data/coco
 
