@@ -1,4 +1,4 @@
-"""detr_resnet101_panoptic on COCO panoptic with the official two-stage recipe (SPEC 6.1).
+"""detr_resnet101_panoptic on COCO panoptic with the official two-stage recipe (docs/parity.md §12.3).
 
   Stage 1, a box model with the 250 panoptic classes:
     python train.py --config configs/detr_resnet101_panoptic.py:boxes --workdir W1 \
