@@ -85,7 +85,7 @@ def variant_config(name: str) -> ml_collections.ConfigDict:
 
 
 def training_config(**overrides) -> ml_collections.ConfigDict:
-  """Training fields with the official recipe's values (SPEC section 6.1), `overrides` applied."""
+  """Training fields with the official recipe's values (docs/parity.md §12), `overrides` applied."""
   cfg = ml_collections.ConfigDict(dict(
       seed=42,                    # official (the official code adds the process index)
       total_steps=1000,
@@ -115,7 +115,7 @@ def training_config(**overrides) -> ml_collections.ConfigDict:
       best_metric="",             # e.g. "eval/AP": keep the best checkpoint by it in WORKDIR/best ("" off)
       early_stopping_evals=0,     # stop after this many evaluations without a better best_metric (0: never)
       compilation_cache_dir="~/.cache/detr_jax/xla",  # persistent XLA cache ("" disables)
-      # The official loss (SPEC 3): matching costs and loss weights L1 5, GIoU 2, class 1 (the paper's
+      # The official loss (docs/parity.md §8): matching costs and loss weights L1 5, GIoU 2, class 1 (the paper's
       # ablation: class + L1 35.8 AP, class + GIoU 39.9, all three 40.6); the no-object class weighs
       # eos_coef, since most of the queries match nothing.
       loss=ml_collections.ConfigDict(dict(
@@ -159,7 +159,7 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def coco_training_config(variant: str, epochs: int = 500, lr_drop_epoch: int = 400, **overrides):
-  """The official recipe (SPEC 6.1) for `variant` on COCO: global batch 64, schedule in epochs.
+  """The official recipe (docs/parity.md §12.2) for `variant` on COCO: global batch 64, schedule in epochs.
 
   The released models trained 500 epochs with the lr dropped x0.1 at 400 (42.0 AP for R50; the
   paper's 300/200 gives 40.6). A checkpoint every epoch (as the official code) and an evaluation
@@ -184,7 +184,7 @@ def coco_training_config(variant: str, epochs: int = 500, lr_drop_epoch: int = 4
 
 
 def panoptic_training_config(variant: str, stage: str) -> ml_collections.ConfigDict:
-  """The two-stage panoptic recipe (SPEC 6.1) for a panoptic `variant` on COCO panoptic.
+  """The two-stage panoptic recipe (docs/parity.md §12.3) for a panoptic `variant` on COCO panoptic.
 
   stage "boxes": a box-only DETR with the panoptic class set (250), 300 epochs, lr drop at 200.
   stage "masks": the panoptic model, initialised from the stage-1 model (`init_from`), with the
