@@ -1,4 +1,4 @@
-"""The official DETR augmentations (SPEC 5.1, 9) on examples, with numpy and PIL.
+"""The official DETR augmentations (docs/parity.md §10) on examples, with numpy and PIL.
 
 An example is a dict: image uint8 [H, W, 3]; per object boxes float32 [n, 4] absolute (x0, y0,
 x1, y1), labels int32 [n], area float32 [n], iscrowd int32 [n], optional masks bool [n, H, W];
