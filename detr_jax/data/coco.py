@@ -136,7 +136,7 @@ def class_names_of(categories, num_classes: int) -> tuple:
 class CocoDetection:
   """Images of a COCO instances json (all of them, including those without annotations).
 
-  Crowd annotations are dropped, boxes clamped to the image, empty boxes dropped (SPEC 5.2);
+  Crowd annotations are dropped, boxes clamped to the image, empty boxes dropped (docs/parity.md §10.4);
   labels are the json's category ids. With `num_classes`, a category id >= num_classes is an
   error naming the annotation; without, num_classes = max category id + 1.
 
@@ -275,7 +275,7 @@ def _panoptic_annotation_problems(ann, category_ids, ann_file: str) -> list[str]
 
 
 class CocoPanoptic:
-  """COCO panoptic: segments from the PNG ids, boxes from the masks, crowd segments kept (SPEC 5.3).
+  """COCO panoptic: segments from the PNG ids, boxes from the masks, crowd segments kept (docs/parity.md §10.5).
 
   image_dir: the JPEGs (the PNG's name with .jpg); png_dir: the panoptic PNGs. Masks are always
   decoded (the boxes come from them) and returned when `masks`. A json with wrong entries is an
