@@ -1,4 +1,4 @@
-"""isolate_padding: an image's detections do not depend on the padding its batch adds (SPEC 1.1)."""
+"""isolate_padding: an image's detections do not depend on the padding its batch adds (docs/parity.md §1.2)."""
 import jax
 import numpy as np
 import pytest
