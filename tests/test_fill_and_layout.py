@@ -41,7 +41,7 @@ def test_released_variants_key_counts(name, keys):
 
 
 def test_r50_parameter_count():
-  """41,524,768 parameters + 106,240 frozen-BN buffer floats (SPEC section 2)."""
+  """41,524,768 parameters + 106,240 frozen-BN buffer floats (docs/parity.md §13.1)."""
   layout = model_layout(variant_config("detr_resnet50").model)
   buffers = sum(int(np.prod(e.shape)) for e in layout if e.key.endswith(("running_mean", "running_var")))
   total = sum(int(np.prod(e.shape)) for e in layout)
