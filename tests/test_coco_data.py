@@ -1,6 +1,6 @@
 """COCO-format sources and the official transforms, on real JPEG/PNG files and json written here.
 
-Expected values are computed in the tests from the SPEC rules (sections 5 and 9), not by the code
+Expected values are computed in the tests from the rules in docs/parity.md §10, not by the code
 under test: sizes from the documented examples, pixels by PIL, boxes in float32.
 """
 import json
@@ -45,7 +45,7 @@ def _ann(id, image_id, bbox, category_id=1, **extra):
           "area": bbox[2] * bbox[3], "iscrowd": 0, **extra}
 
 
-# ---- resize rule (SPEC 9 examples, written as w x h) ----
+# ---- resize rule (docs/parity.md §10.2 examples, written as w x h) ----
 
 @pytest.mark.parametrize("wh, expected_wh", [
     ((451, 300), (1202, 800)),    # long side truncated (1202.67)
