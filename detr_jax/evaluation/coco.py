@@ -1,4 +1,9 @@
-"""COCO box and mask AP with pycocotools (COCOeval, iouTypes "bbox" and "segm", maxDets 1/10/100), run quietly."""
+"""COCO box and mask AP (COCOeval, iouTypes "bbox" and "segm", maxDets 1/10/100), run quietly.
+
+Two evaluators (`COCO_EVALUATORS`) with the same 12 numbers, bit for bit (tests/test_fast_eval.py): hotcoco
+(the default, in Rust, tens of times faster: benchmarks/coco_eval.py) and pycocotools (the reference). The
+ground truth is a pycocotools COCO either way.
+"""
 import contextlib
 import io
 
@@ -6,6 +11,9 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from detr_jax.config import COCO_EVALUATORS
+from detr_jax.errors import UserError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -70,11 +78,14 @@ class CocoEvaluator:
 
   As in the official evaluator, only the images given to `add`/`update` are evaluated (an image
   added with no detections still counts its ground-truth objects as missed). Either every image comes with
-  masks or none does.
+  masks or none does. `evaluator`: one of COCO_EVALUATORS.
   """
 
-  def __init__(self, coco_gt):
+  def __init__(self, coco_gt, evaluator="hotcoco"):
+    if evaluator not in COCO_EVALUATORS:
+      raise ValueError(f"evaluator must be one of {COCO_EVALUATORS}, got {evaluator!r}")
     self.coco_gt = coco_gt
+    self.evaluator = evaluator
     self.image_ids = set()
     self.detections = {"bbox": [], "segm": []}
     self.with_masks = None
@@ -133,8 +144,8 @@ class CocoEvaluator:
       self.add(image_id, b, s, l, m)
 
   def summarize(self, iou_type="bbox"):
-    """Runs COCOeval ("bbox" or "segm") on the added images -> {name: float} for STAT_NAMES (-1 where
-    undefined)."""
+    """Runs COCOeval ("bbox" or "segm") of the evaluator on the added images -> {name: float} for STAT_NAMES
+    (-1 where undefined)."""
     if not self.image_ids:
       raise ValueError("no images were added")
     if iou_type not in self.iou_types:
@@ -145,12 +156,34 @@ class CocoEvaluator:
                      if a["image_id"] in self.image_ids and "segmentation" not in a]
       if unsegmented:
         raise ValueError(f"segm AP needs ground-truth segmentations; annotation ids {unsegmented[:5]} have none")
-    dt = coco_from_dict({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
-                "annotations": self.detections[iou_type]})
-    coco_eval = COCOeval(gt, dt, iou_type)
-    coco_eval.params.imgIds = sorted(self.image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-      coco_eval.evaluate()
-      coco_eval.accumulate()
-      coco_eval.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in coco_eval.stats)))
+    detections = {"images": gt.dataset["images"], "categories": gt.dataset["categories"],
+                  "annotations": self.detections[iou_type]}
+    run = _hotcoco_stats if self.evaluator == "hotcoco" else _pycocotools_stats
+    return dict(zip(STAT_NAMES, (float(v) for v in run(gt, detections, iou_type, sorted(self.image_ids)))))
+
+
+def _pycocotools_stats(gt, detections, iou_type, image_ids):
+  """The 12 stats of pycocotools' COCOeval: gt a COCO, detections a dataset dict with scores."""
+  coco_eval = COCOeval(gt, coco_from_dict(detections), iou_type)
+  coco_eval.params.imgIds = image_ids
+  with contextlib.redirect_stdout(io.StringIO()):
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+  return coco_eval.stats
+
+
+def _hotcoco_stats(gt, detections, iou_type, image_ids):
+  """The 12 stats of hotcoco's COCOeval, same arguments as `_pycocotools_stats`."""
+  try:
+    import hotcoco
+  except ImportError:
+    raise UserError("coco_evaluator 'hotcoco' needs the hotcoco package (pip install 'hotcoco>=1.3.0'), or set "
+                    "--config.coco_evaluator=pycocotools") from None
+  coco_eval = hotcoco.COCOeval(hotcoco.COCO(gt.dataset), hotcoco.COCO(detections), iou_type)
+  coco_eval.params.imgIds = image_ids
+  with contextlib.redirect_stdout(io.StringIO()):
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+  return coco_eval.stats

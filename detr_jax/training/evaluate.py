@@ -95,7 +95,7 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
 
   stats, pictures = {}, []
   rles = {r["image_id"]: r["rles"] for r in _merged(out_dir, "segm_p{}.json", "segm")} if segm else {}
-  evaluator = CocoEvaluator(dataset.coco_gt())
+  evaluator = CocoEvaluator(dataset.coco_gt(), config.coco_evaluator)
   for i in np.flatnonzero(boxes["is_real"]):
     image_id = int(boxes["image_id"][i])
     det = {k: boxes[k][i] for k in ("boxes", "scores", "labels")}
