@@ -215,5 +215,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
   if log is not None:
     log.close()
   if picture:
-    print(f"predictions on validation images: {picture}", flush=True)
+    print(f"predictions on {min(config.num_pictures, len(val_ds))} validation images: {picture}", flush=True)
   return stats
