@@ -1,7 +1,10 @@
-"""Convert official DETR / torchvision ResNet .pth files to detr-jax checkpoints, and back.
+"""Convert official DETR / torchvision ResNet .pth files and HuggingFace DETR folders to detr-jax
+checkpoints, and back.
 
   python convert_torch_weights.py SRC.pth DST_DIR [--model NAME] [--num-classes N] [--force] [--list-keys]
+  python convert_torch_weights.py HF_DIR DST_DIR [--num-classes N] [--force] [--list-keys]
   python convert_torch_weights.py --export CKPT_DIR OUT.pth [--force]
+  python convert_torch_weights.py --export-hf CKPT_DIR HF_DIR [--force]
 
 Reads .pth files (zip or legacy format) without torch and without running pickled code. Every
 key is checked: missing, unexpected and mis-shaped keys are counted and the first few named
@@ -10,6 +13,12 @@ replaces only one of our checkpoints (or, with --export, a file), never another 
 A torchvision ImageNet ResNet (conv1.weight, layer1.0..., fc.*) becomes a backbone-only
 checkpoint for training from ImageNet weights. --export writes {"model": state_dict} in the
 official layout (zip format, float32), loadable with load_state_dict(strict=True).
+
+A HuggingFace folder (HF_DIR holding config.json and model.safetensors or pytorch_model.bin, as
+save_pretrained writes it, transformers 4 or 5) of a DetrForObjectDetection / DetrForSegmentation
+with a timm ResNet backbone is read without torch; its id2label become the checkpoint's class
+names. --export-hf writes config.json + model.safetensors that transformers' from_pretrained
+loads with no missing or unexpected keys.
 """
 import argparse
 import os
@@ -19,6 +28,7 @@ from detr_jax.errors import UserError
 from detr_jax.torch_io.pth import PthError
 
 CHECKPOINT = "a detr-jax checkpoint (a directory holding params/ and config/)"
+HF_EXPORT = "a folder holding only config.json and model.safetensors (what --export-hf writes)"
 
 
 def _check_destination(path: str, force: bool, replaceable, what: str) -> None:
@@ -82,17 +92,61 @@ def _suggest_variant(state_dict: dict, train_args, reinit: bool) -> None:
           "without --model to convert it as that", file=sys.stderr)
 
 
+def _interpret_hf(args):
+  """(config, params or None, key report in HF names) for a HuggingFace folder, with --num-classes."""
+  from detr_jax.torch_io import convert as conv
+  from detr_jax.torch_io import hf
+
+  if args.model:
+    raise UserError(f"{args.src}: --model does not apply to a HuggingFace folder (its config.json gives the "
+                    "architecture)")
+  cfg, notes = hf.read_config(args.src)
+  state_dict, weights = hf.load_weights(args.src)
+  for note in notes:
+    print(f"note: {note}")
+  reinit = args.num_classes is not None
+  if reinit:
+    cfg.model.num_classes = args.num_classes
+    del cfg["class_names"]  # the new classes' names come from the dataset
+  state_dict = hf.file_key_names(state_dict)
+  layout = hf.key_layout(cfg.model)
+  head = "class_labels_classifier."
+  if reinit:
+    layout = [e for e in layout if head not in e.key]
+  report = conv.check_keys(state_dict, layout, ignore=lambda k: k.endswith(".num_batches_tracked")
+                           or (reinit and head in k))
+  print(f"{weights}: {len(state_dict)} tensors -> {cfg.name} ({cfg.model.backbone}"
+        f"{', DC5' if cfg.model.dilation else ''}{', segmentation' if cfg.model.masks else ''}, "
+        f"{cfg.model.num_classes} classes)")
+  if not report.ok:
+    return cfg, None, report
+  official = hf.to_official({e.key: state_dict[e.key] for e in layout}, cfg.model)
+  params, official_report = conv.convert_official(official, cfg.model, reinit_class_head=reinit)
+  assert official_report.ok, official_report  # the HF layout is the official one renamed
+  if reinit:
+    print(f"class head re-initialised for {args.num_classes} classes ({args.num_classes + 1} logits); "
+          "all other weights converted")
+  return cfg, params, report
+
+
 def convert(args) -> int:
   from detr_jax import model_checkpoint
   from detr_jax.torch_io import convert as conv
+  from detr_jax.torch_io import hf
   from detr_jax.torch_io.pth import load_pth
 
   _check_destination(args.dst, args.force, model_checkpoint.is_model_checkpoint, CHECKPOINT)
-  obj = load_pth(args.src)
-  try:
-    cfg, params, report = _interpret(*conv.split_checkpoint(obj), args)
-  except UserError as e:
-    raise UserError(f"{args.src}: {e}") from None
+  if os.path.isdir(args.src):
+    if not hf.is_hf_folder(args.src):
+      raise UserError(f"{args.src} is a directory without {hf.CONFIG}; expected a .pth file or a HuggingFace "
+                      "model folder (config.json + model.safetensors or pytorch_model.bin)")
+    cfg, params, report = _interpret_hf(args)
+  else:
+    obj = load_pth(args.src)
+    try:
+      cfg, params, report = _interpret(*conv.split_checkpoint(obj), args)
+    except UserError as e:
+      raise UserError(f"{args.src}: {e}") from None
   if not report.ok:
     if args.list_keys:
       for line in report.lines():
@@ -124,26 +178,62 @@ def export(args) -> int:
   return 0
 
 
+def _is_hf_export(path: str) -> bool:
+  return os.path.isdir(path) and set(os.listdir(path)) <= {"config.json", "model.safetensors"}
+
+
+def export_hf(args) -> int:
+  from detr_jax import model_checkpoint
+  from detr_jax.predict import class_names
+  from detr_jax.torch_io import hf
+  from detr_jax.torch_io.convert import params_to_state_dict
+  from detr_jax.torch_io.mapping import model_layout
+
+  _check_destination(args.dst, args.force, _is_hf_export, HF_EXPORT)
+  cfg, params = model_checkpoint.load_model(args.src)
+  if cfg.get("backbone_only", False):
+    raise UserError(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
+  try:
+    config = hf.export_config(cfg, class_names(cfg, args.src))
+    state_dict = hf.from_official(params_to_state_dict(params, model_layout(cfg.model)), cfg.model)
+  except UserError as e:
+    raise UserError(f"{args.src}: {e}") from None
+  hf.write_folder(args.dst, config, state_dict)
+  if cfg.model.position_embedding == "learned":
+    print("note: the learned position embedding is written as model.position_embedding.* (transformers 5); "
+          "transformers 4 names it model.backbone.position_embedding.*")
+  print(f"wrote {args.dst}: {config['architectures'][0]} ({len(state_dict)} tensors in model.safetensors, "
+        f"{len(config['id2label'])} classes in config.json)")
+  return 0
+
+
 def main(argv=None) -> int:
   from detr_jax.config import VARIANTS
 
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("src", help="SRC.pth to convert (or, with --export, our checkpoint directory)")
-  parser.add_argument("dst", help="DST_DIR checkpoint directory (or, with --export, OUT.pth)")
+  parser.add_argument("src", help="SRC.pth or HuggingFace folder to convert (with --export/--export-hf: our "
+                      "checkpoint directory)")
+  parser.add_argument("dst", help="DST_DIR checkpoint directory (with --export: OUT.pth; with --export-hf: a "
+                      "HuggingFace folder)")
   parser.add_argument("--model", choices=list(VARIANTS),
                       help="variant to convert to (default: inferred from the checkpoint)")
   parser.add_argument("--num-classes", type=int,
                       help="fine-tuning: re-initialise the class head for N classes (N + 1 logits)")
   parser.add_argument("--export", action="store_true", help="our checkpoint -> official .pth")
+  parser.add_argument("--export-hf", action="store_true",
+                      help="our checkpoint -> HuggingFace folder (config.json + model.safetensors)")
   parser.add_argument("--force", action="store_true",
-                      help="replace the destination if it is a detr-jax checkpoint (with --export: a file)")
+                      help="replace the destination if it is a detr-jax checkpoint (with --export: a file; "
+                      "with --export-hf: a folder --export-hf wrote)")
   parser.add_argument("--list-keys", action="store_true",
                       help="when the keys do not match, list every missing, unexpected and mis-shaped key")
   args = parser.parse_args(argv)
   if args.num_classes is not None and args.num_classes < 1:
     parser.error("--num-classes must be at least 1")
+  if args.export and args.export_hf:
+    parser.error("--export and --export-hf exclude each other")
   try:
-    return export(args) if args.export else convert(args)
+    return export(args) if args.export else export_hf(args) if args.export_hf else convert(args)
   except (UserError, PthError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

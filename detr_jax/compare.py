@@ -7,6 +7,8 @@ INPUTS.npz: images_padded (float32 NCHW), mask (bool, True = padding), optionall
 orig_target_sizes (int, rows (h, w)). REF.npz: any of the arrays named in MODEL_KEYS, in the
 layout of the official reference data. An array passes when
 max|ours - ref| <= atol + rtol * max|ref| (integer and bool arrays: exactly equal).
+transformers' names are accepted too: INPUTS.npz with pixel_values (NCHW) and pixel_mask (1 = real
+pixel, the reverse of our mask), REF.npz with logits (= pred_logits), pred_boxes, pred_masks.
 
   python -m detr_jax.compare criterion --reference CRITERION.npz [--atol 1e-5] [--rtol 1e-4] \
       [--backend scipy|optax]
@@ -129,14 +131,29 @@ def run_model(config, params, images_nchw, mask, intermediates: bool = False):
   return jax.tree_util.tree_map(np.asarray, outputs), state.get("intermediates", {})
 
 
+def from_hf_names(inputs: dict, ref: dict, inputs_path: str) -> tuple[dict, dict]:
+  """transformers' arrays renamed to ours: pixel_values -> images_padded, pixel_mask (1 = real
+  pixel) -> mask (True = padding), logits -> pred_logits. Arrays already in our names stay."""
+  inputs, ref = dict(inputs), dict(ref)
+  if "pixel_values" in inputs and "images_padded" not in inputs:
+    inputs["images_padded"] = inputs.pop("pixel_values")
+    if "pixel_mask" in inputs:
+      pixel_mask = inputs.pop("pixel_mask")
+      if not np.isin(pixel_mask, (0, 1)).all():
+        raise UserError(f"inputs {inputs_path}: pixel_mask must hold 0 (padding) and 1 (real pixel) only")
+      inputs["mask"] = pixel_mask == 0
+  if "logits" in ref and "pred_logits" not in ref:
+    ref["pred_logits"] = ref.pop("logits")
+  return inputs, ref
+
+
 def compare_model(args) -> int:
   from detr_jax.model_checkpoint import load_model
   from detr_jax.postprocess import postprocess_boxes
   from detr_jax.reference_layout import reference_arrays
 
-  inputs = _load_npz(args.inputs, "inputs")
+  inputs, ref = from_hf_names(_load_npz(args.inputs, "inputs"), _load_npz(args.reference, "reference"), args.inputs)
   check_inputs(inputs, args.inputs)
-  ref = _load_npz(args.reference, "reference")
   for key in REQUIRED_KEYS:
     if key not in ref:
       raise UserError(f"reference {args.reference}: missing array {key!r}; at least {', '.join(REQUIRED_KEYS)} "
@@ -231,7 +248,8 @@ def main(argv=None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   model = sub.add_parser("model", help="run a checkpoint on stored inputs and compare with reference outputs")
   model.add_argument("--checkpoint", required=True, help="model checkpoint directory (convert_torch_weights.py output)")
-  model.add_argument("--inputs", required=True, help="INPUTS.npz with images_padded (NCHW) and mask")
+  model.add_argument("--inputs", required=True,
+                     help="INPUTS.npz with images_padded (NCHW) and mask, or pixel_values and pixel_mask")
   model.add_argument("--reference", required=True, help="REF.npz with the reference outputs")
   model.add_argument("--atol", type=float, default=1e-4)
   model.add_argument("--rtol", type=float, default=1e-4)
