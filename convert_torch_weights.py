@@ -141,18 +141,20 @@ def convert(args) -> int:
       raise UserError(f"{args.src} is a directory without {hf.CONFIG}; expected a .pth file or a HuggingFace "
                       "model folder (config.json + model.safetensors or pytorch_model.bin)")
     cfg, params, report = _interpret_hf(args)
+    model = f"the model its {hf.CONFIG} describes ({cfg.name})"
   else:
     obj = load_pth(args.src)
     try:
       cfg, params, report = _interpret(*conv.split_checkpoint(obj), args)
     except UserError as e:
       raise UserError(f"{args.src}: {e}") from None
+    model = cfg.name
   if not report.ok:
     if args.list_keys:
       for line in report.lines():
         print(line, file=sys.stderr)
     hint = "" if args.list_keys else "(--list-keys lists them all)"
-    raise UserError(f"{args.src} does not match {cfg.name}: {report.summary(more_hint=hint)}")
+    raise UserError(f"{args.src} does not match {model}: {report.summary(more_hint=hint)}")
   model_checkpoint.save_model(args.dst, cfg, params, replace=args.force)
   print(f"wrote {args.dst}")
   return 0
