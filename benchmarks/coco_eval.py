@@ -102,8 +102,7 @@ def main(argv=None):
   gt = coco_from_json(path)
   rows = []
   for iou_type in ("bbox", "segm") if args.masks else ("bbox",):
-    reference = None
-    for name in ("pycocotools", *(e for e in COCO_EVALUATORS if e != "pycocotools")):
+    for name in ("pycocotools", *(e for e in COCO_EVALUATORS if e != "pycocotools")):  # the reference first
       evaluator = CocoEvaluator(gt, name)
       for image_id, (boxes, scores, labels, rles) in detections.items():
         evaluator.add(image_id, boxes, scores, labels, rles)
@@ -113,25 +112,28 @@ def main(argv=None):
         stats = evaluator.summarize(iou_type)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-      reference = stats if name == "pycocotools" else reference
+      if name == "pycocotools":
+        reference = stats
       rows.append({"iou_type": iou_type, "evaluator": name, "seconds": round(statistics.median(times), 3),
-                   "cpu_seconds": round(statistics.median(cpu_times), 3), "runs": len(times), "same_as_pycocotools": stats == reference,
+                   "cpu_seconds": round(statistics.median(cpu_times), 3), "runs": len(times),
+                   "same_as_pycocotools": stats == reference,
                    "max_abs_diff": max(abs(stats[k] - reference[k]) for k in STAT_NAMES), "AP": stats["AP"]})
   reference_rows = {r["iou_type"]: r for r in rows if r["evaluator"] == "pycocotools"}
   for r in rows:
     for key, speedup in (("seconds", "speedup"), ("cpu_seconds", "cpu_speedup")):
       r[speedup] = round(reference_rows[r["iou_type"]][key] / max(r[key], 1e-3), 1)
 
-  print(f"{args.images} images, {args.detections} detections each, "
-        f"{len(gt.dataset['annotations'])} objects, {args.size[0]}x{args.size[1]} px (case written in {written_s:.0f} s)")
+  print(f"{args.images} images, {args.detections} detections each, {len(gt.dataset['annotations'])} objects, "
+        f"{args.size[0]}x{args.size[1]} px (case written in {written_s:.0f} s)")
   print(f"{'iou type':>8} {'evaluator':>12} {'wall s':>8} {'speed-up':>9} {'CPU s':>8} {'speed-up':>9} {'AP':>7} "
         f"{'12 stats = pycocotools':>23}")
   for r in rows:
-    print(f"{r['iou_type']:>8} {r['evaluator']:>12} {r['seconds']:>8.3f} {r['speedup']:>8.1f}x {r['cpu_seconds']:>8.3f} "
-          f"{r['cpu_speedup']:>8.1f}x {r['AP']:>7.4f} {str(r['same_as_pycocotools']):>23}")
+    print(f"{r['iou_type']:>8} {r['evaluator']:>12} {r['seconds']:>8.3f} {r['speedup']:>8.1f}x "
+          f"{r['cpu_seconds']:>8.3f} {r['cpu_speedup']:>8.1f}x {r['AP']:>7.4f} {str(r['same_as_pycocotools']):>23}")
   print(json.dumps({"images": args.images, "detections_per_image": args.detections,
                     "objects": len(gt.dataset["annotations"]), "size": list(args.size), "reps": args.reps,
-                    "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "rows": rows}))
+                    "reference_reps": args.reference_reps, "cpus": os.cpu_count(),
+                    "machine": platform.processor() or platform.machine(), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """COCO box and mask AP (COCOeval, iouTypes "bbox" and "segm", maxDets 1/10/100), run quietly.
 
 Two evaluators (`COCO_EVALUATORS`) with the same 12 numbers, bit for bit (tests/test_fast_eval.py): hotcoco
-(the default, in Rust, tens of times faster: benchmarks/coco_eval.py) and pycocotools (the reference). The
-ground truth is a pycocotools COCO either way.
+(the default, in Rust; ~100x faster for boxes and ~60x for masks on 5000 images, benchmarks/coco_eval.py) and
+pycocotools (the reference). The ground truth is a pycocotools COCO either way.
 """
 import contextlib
 import io
