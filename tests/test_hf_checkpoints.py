@@ -212,6 +212,8 @@ def test_bad_folders_and_weights_are_one_line(tmp_path, capsys):
   assert "no model.safetensors or pytorch_model.bin" in run(folder)
   (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
   assert "unreadable safetensors file" in run(folder)
+  (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n")
+  assert "is a Git LFS pointer, not the weights" in run(folder)
   from safetensors.numpy import save_file
   save_file({"detr.class_labels_classifier.weight": np.zeros((3, 128), np.float32),
              "detr.model.backbone.conv_encoder.model.conv1.weight": np.zeros((64, 3, 3, 3), np.float32),

@@ -62,6 +62,7 @@ _ALIASES = (
     (r"^mask_head\.fpn_stages\.(\d)\.refine\.norm\.", lambda m: f"mask_head.gn{int(m[1]) + 3}."),
     (r"^mask_head\.output_conv\.", "mask_head.out_lay."),
 )
+_LFS_POINTER = b"version https://git-lfs"  # a clone without `git lfs` holds these instead of the files
 _TIMM_RESNET = re.compile(r"(?:timm/)?(resnet(?:18|34|50|101))(?:\.\w+)?")
 
 
@@ -182,19 +183,27 @@ def load_weights(folder: str) -> tuple[dict, str]:
   from detr_jax.torch_io.convert import split_checkpoint
   from detr_jax.torch_io.pth import load_pth
 
-  path = os.path.join(folder, SAFETENSORS)
-  if os.path.isfile(path):
-    try:
-      return load_file(path), path
-    except (SafetensorError, TypeError, OSError) as e:  # a damaged header or data, an unknown dtype
-      raise UserError(f"{path}: unreadable safetensors file ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:200]})") from None
-  path = os.path.join(folder, PYTORCH_BIN)
-  if os.path.isfile(path):
-    try:
-      return split_checkpoint(load_pth(path))[0], path
-    except UserError as e:
-      raise UserError(f"{path}: {e}") from None
+  for name in (SAFETENSORS, PYTORCH_BIN):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      try:
+        with open(path, "rb") as f:
+          head = f.read(len(_LFS_POINTER))
+      except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+      if head == _LFS_POINTER:
+        raise UserError(f"{path} is a Git LFS pointer, not the weights: fetch them (git lfs pull)")
+      if name == PYTORCH_BIN:
+        obj = load_pth(path)  # its errors name the file
+        try:
+          return split_checkpoint(obj)[0], path
+        except UserError as e:
+          raise UserError(f"{path}: {e}") from None
+      try:
+        return load_file(path), path
+      except (SafetensorError, TypeError, OSError) as e:  # a damaged header or data, an unknown dtype
+        raise UserError(f"{path}: unreadable safetensors file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
   sharded = [f for f in (SAFETENSORS + ".index.json", PYTORCH_BIN + ".index.json")
              if os.path.isfile(os.path.join(folder, f))]
   if sharded:
