@@ -83,6 +83,10 @@ def test_best_metric_and_early_stopping_settings_are_checked(tmp_path):
   with pytest.raises(UserError, match=r"^config key early_stopping_evals needs best_metric"):
     best_model(str(tmp_path), _config("", patience=3), BOXES_ONLY, {})
   assert best_model(str(tmp_path), _config(""), BOXES_ONLY, {}) is None
+  (tmp_path / "best").mkdir()
+  (tmp_path / "best" / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match=r"best is not a model checkpoint \(params/ and config/\), so the best model"):
+    best_model(str(tmp_path), _config(), BOXES_ONLY, {})  # before training, not at the first evaluation
   assert display_value("PQ", 45.06) == "45.1" and display_value("segm/AR10", 0.5) == "50.0"
 
 

@@ -60,6 +60,9 @@ class BestModel:
       raise UserError(f"config key best_metric is {self.metric!r}; this model and dataset are evaluated on "
                       f"{', '.join(names)}")
     self.directory, self.enabled = os.path.join(workdir, "best"), enabled
+    if os.path.lexists(self.directory) and not model_checkpoint.is_model_checkpoint(self.directory):
+      raise UserError(f"{self.directory} is not a model checkpoint (params/ and config/), so the best model cannot "
+                      f"be kept there; move it away or set --config.best_metric=")
     self.best_step = self.best_value = None
     self.evals_without_improvement = 0
     for step in sorted(evaluations):
