@@ -379,7 +379,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
   """Raises a UserError for a value that cannot work, in any section: a negative step count, rate,
   loss weight or size (POSITIVE, NON_NEGATIVE, AT_MOST_ONE, MIN_MAX), an unknown choice (CHOICES), a
   model the modules cannot build (`_check_model`), a global or eval batch that does not split over
-  `device_count` devices."""
+  `device_count` devices, or a device's share that does not split into grad_accum_steps micro-batches."""
   for key in POSITIVE + NON_NEGATIVE + AT_MOST_ONE:
     value = _lookup(config, key)
     if value is None:
@@ -408,6 +408,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     for kind, batch in (("global", config.global_batch_size), ("eval", eval_batch_size)):
       if batch % device_count:
         raise UserError(f"{kind} batch size {batch} must be divisible by the number of devices ({device_count})")
+    per_device, accum = config.global_batch_size // device_count, config.get("grad_accum_steps", 1)
+    if per_device % accum:
+      raise UserError(f"config key grad_accum_steps ({accum}) must divide the images per device (global batch size "
+                      f"{config.global_batch_size} / {device_count} devices = {per_device})")
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:

@@ -37,18 +37,30 @@ def num_boxes_normalizer(valid, axis_name=None):
   return jax.lax.stop_gradient(jnp.maximum(count, 1.0))
 
 
+def class_weight_sum(valid, num_queries, eos_coef, axis_name=None):
+  """Sum of the class-loss weights of images whose valid targets [..., B, M] are all matched (the
+  matchers match every one): per image 1 for each target's query, eos_coef for the other queries.
+  With `axis_name`: the mean over the devices, as in `loss_labels`. No gradient."""
+  matched = jnp.sum(valid, axis=-1).astype(jnp.float32)
+  total = jnp.sum(matched + eos_coef * (num_queries - matched))
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name) / jax.lax.psum(1, axis_name)
+  return jax.lax.stop_gradient(total)
+
+
 def _gather_queries(x, query_for_target):
   """x [B, Q, ...], query_for_target [B, M] (-1 allowed) -> x of the matched queries [B, M, ...]."""
   index = jnp.maximum(query_for_target, 0)
   return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
-def loss_labels(logits, query_for_target, labels, valid, eos_coef, axis_name=None):
+def loss_labels(logits, query_for_target, labels, valid, eos_coef, axis_name=None, weight_sum=None):
   """Weighted cross-entropy mean over all B*Q slots (no-object weight eos_coef) -> scalar.
 
   With `axis_name` the weight sum is that of the global batch, averaged over the devices (as
   num_boxes is): the mean over devices of the local losses is then the global weighted mean, so
-  the loss does not depend on how the batch is split.
+  the loss does not depend on how the batch is split. weight_sum: given instead (see
+  `SetCriterion.__call__`'s accumulated_valid).
   """
   num_queries, num_logits = logits.shape[1:]
   target = jnp.full(logits.shape[:2], num_logits - 1, jnp.int32)
@@ -56,9 +68,10 @@ def loss_labels(logits, query_for_target, labels, valid, eos_coef, axis_name=Non
   target = jax.vmap(lambda t, q, l: t.at[q].set(l, mode="drop"))(target, slot, labels)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), target[..., None], axis=-1)[..., 0]
   weight = jnp.where(target == num_logits - 1, eos_coef, 1.0)
-  weight_sum = jnp.sum(weight)
-  if axis_name is not None:
-    weight_sum = jax.lax.psum(weight_sum, axis_name) / jax.lax.psum(1, axis_name)
+  if weight_sum is None:
+    weight_sum = jnp.sum(weight)
+    if axis_name is not None:
+      weight_sum = jax.lax.psum(weight_sum, axis_name) / jax.lax.psum(1, axis_name)
   return jnp.sum(weight * nll) / jax.lax.stop_gradient(weight_sum)
 
 
@@ -120,7 +133,14 @@ class SetCriterion:
   """The official SetCriterion (weights and matcher costs as in the official build() defaults).
 
   losses: any of "labels", "boxes", "cardinality", "masks" (masks: final layer only).
-  __call__(outputs, targets, axis_name=None) -> (total weighted loss, dict of every loss and metric).
+  __call__(outputs, targets, axis_name=None, accumulated_valid=None) -> (total weighted loss, dict of
+  every loss and metric).
+
+  accumulated_valid: `valid` [k, B, M] of this device's whole batch when `targets` is one of its k
+  micro-batches (gradient accumulation). The losses are then normalised by the whole batch's box
+  count and class-weight sum (over the `axis_name` devices too) divided by k, so that the mean of
+  the k micro-batches' losses (and gradients) is the whole batch's. class_error and
+  cardinality_error stay the micro-batch's.
   """
   num_classes: int = 91
   eos_coef: float = 0.1
@@ -146,13 +166,14 @@ class SetCriterion:
       boxes = jnp.concatenate([outputs["aux_pred_boxes"], boxes])
     return match(logits, boxes, targets, self.cost_class, self.cost_bbox, self.cost_giou, self.matcher_backend)
 
-  def layer_losses(self, logits, boxes, query_for_target, targets, num_boxes, suffix="", axis_name=None):
+  def layer_losses(self, logits, boxes, query_for_target, targets, num_boxes, suffix="", axis_name=None,
+                   weight_sum=None):
     """labels / boxes / cardinality losses of one layer, keys with `suffix`."""
     valid = jnp.asarray(targets["valid"], bool)
     labels = jnp.where(valid, targets["labels"], 0).astype(jnp.int32)
     result = {}
     if "labels" in self.losses:
-      result["loss_ce"] = loss_labels(logits, query_for_target, labels, valid, self.eos_coef, axis_name)
+      result["loss_ce"] = loss_labels(logits, query_for_target, labels, valid, self.eos_coef, axis_name, weight_sum)
       if not suffix:
         result["class_error"] = class_error(logits, query_for_target, labels, valid)
     if "boxes" in self.losses:
@@ -162,23 +183,28 @@ class SetCriterion:
       result["cardinality_error"] = cardinality_error(logits, valid)
     return {k + suffix: v for k, v in result.items()}
 
-  def __call__(self, outputs, targets, axis_name=None):
+  def __call__(self, outputs, targets, axis_name=None, accumulated_valid=None):
     if outputs["pred_logits"].shape[-1] != self.num_classes + 1:
       raise ValueError(f"pred_logits has {outputs['pred_logits'].shape[-1]} logits, expected num_classes + 1 = "
                        f"{self.num_classes + 1}")
     outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
     valid = jnp.asarray(targets["valid"], bool)
     query_for_target = jax.lax.stop_gradient(self.match(outputs, targets))
-    num_boxes = num_boxes_normalizer(valid, axis_name)
+    if accumulated_valid is None:
+      num_boxes, weight_sum = num_boxes_normalizer(valid, axis_name), None
+    else:
+      parts, num_queries = accumulated_valid.shape[0], outputs["pred_logits"].shape[1]
+      num_boxes = num_boxes_normalizer(accumulated_valid, axis_name) / parts
+      weight_sum = class_weight_sum(accumulated_valid, num_queries, self.eos_coef, axis_name) / parts
     result = self.layer_losses(outputs["pred_logits"], outputs["pred_boxes"], query_for_target[-1], targets,
-                               num_boxes, axis_name=axis_name)
+                               num_boxes, axis_name=axis_name, weight_sum=weight_sum)
     if "masks" in self.losses:
       result["loss_mask"], result["loss_dice"] = loss_masks(
           outputs["pred_masks"], query_for_target[-1], targets["masks"], valid, num_boxes)
     num_aux = query_for_target.shape[0] - 1
     for i in range(num_aux):
       result.update(self.layer_losses(outputs["aux_pred_logits"][i], outputs["aux_pred_boxes"][i],
-                                      query_for_target[i], targets, num_boxes, f"_{i}", axis_name))
+                                      query_for_target[i], targets, num_boxes, f"_{i}", axis_name, weight_sum))
     weights = self.weight_dict(num_aux)
     total = sum(result[k] * weights[k] for k in result if k in weights)
     return total, result
