@@ -1,7 +1,9 @@
 """A model checkpoint: an orbax directory holding a model's `params` and its `config` (as JSON).
 
 Converted official weights and trained models share this layout, so every tool loads either.
-(The full train state, rotated during training, is `detr_jax.training.train_checkpoints`.)
+(The full train state, rotated during training, is `detr_jax.training.train_checkpoints`.) A train
+checkpoint of a run with a parameter EMA (ema_decay > 0) also holds `ema_params`, which `load_model`
+returns: the weights evaluated during that run.
 """
 import os
 import shutil
@@ -15,11 +17,17 @@ import orbax.checkpoint as ocp
 from detr_jax.errors import UserError
 
 ITEMS = ("params", "config")
+EMA_ITEM = "ema_params"
 
 
 def is_model_checkpoint(directory: str) -> bool:
   """Whether `directory` holds params/ and config/, as `save_model` and training write them."""
   return all(os.path.isdir(os.path.join(directory, item)) for item in ITEMS)
+
+
+def has_ema(directory: str) -> bool:
+  """Whether `directory` holds EMA parameters (a train checkpoint of a run with ema_decay > 0)."""
+  return os.path.isdir(os.path.join(directory, EMA_ITEM))
 
 
 def save_model(directory: str, config: ml_collections.ConfigDict, params, replace: bool = False) -> None:
@@ -59,7 +67,8 @@ def save_model(directory: str, config: ml_collections.ConfigDict, params, replac
 
 
 def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
-  """(config, params as numpy) from a directory written by `save_model` or by training.
+  """(config, params as numpy) from a directory written by `save_model` or by training; the EMA
+  parameters when it holds them (`has_ema`).
 
   A directory that is not a model checkpoint, or a damaged one, is a UserError.
   """
@@ -67,16 +76,17 @@ def load_model(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
   if not is_model_checkpoint(path):
     raise UserError(f"{directory}: not a detr-jax model checkpoint (expected a directory holding params/ and "
                     "config/)")
+  weights = EMA_ITEM if has_ema(path) else "params"
   try:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-      restored = ckptr.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+      restored = ckptr.restore(path, args=ocp.args.Composite(**{weights: ocp.args.StandardRestore()},
                                                              config=ocp.args.JsonRestore()))
   except (OSError, ValueError) as e:  # missing or corrupt files (orbax, tensorstore and json errors)
     message = " ".join(str(e).split())
-    raise UserError(f"{directory}: damaged checkpoint, cannot restore params/config "
+    raise UserError(f"{directory}: damaged checkpoint, cannot restore {weights}/config "
                     f"({type(e).__name__}: {message[:300]})") from None
   config = restored["config"]
   if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
     raise UserError(f"{directory}: damaged checkpoint, config/ holds no 'model' settings")
-  params = jax.tree_util.tree_map(np.asarray, restored["params"])
+  params = jax.tree_util.tree_map(np.asarray, restored[weights])
   return ml_collections.ConfigDict(config), params

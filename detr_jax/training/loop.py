@@ -68,11 +68,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if resume_step is None:
     params = init_params(config, model, jax.random.fold_in(key, 0))
     tx = make_optimizer(config, params)
-    state = TrainState.create(params, tx, jax.random.fold_in(key, 1))
+    state = TrainState.create(params, tx, jax.random.fold_in(key, 1), ema=config.ema_decay > 0)
   else:
     abstract = jax.eval_shape(lambda k: model.init(k, *dummy_inputs(config))["params"], key)
     tx = make_optimizer(config, abstract)
-    template = jax.eval_shape(lambda p: TrainState.create(p, tx, key), abstract)
+    template = jax.eval_shape(lambda p: TrainState.create(p, tx, key, ema=config.ema_decay > 0), abstract)
     state, data_state = ckpt.restore(template, resume_step)
     loader.restore(data_state["grain"])
     if main:
@@ -83,7 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log.truncate_after(start)
   best = best_model(workdir, config, val_ds, evaluations)
 
-  p_train, p_eval = steps.pmapped_steps(model, criterion, tx, eval_model(config))
+  p_train, p_eval = steps.pmapped_steps(model, criterion, tx, eval_model(config), config.grad_accum_steps,
+                                        config.ema_decay)
   state_repl = steps.replicate(state, len(devices))
   last_good, saved_step = resume_step, resume_step
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
@@ -110,9 +111,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_good = saved_step = step
 
   def evaluate_at(step):
-    """Evaluates the current parameters: metrics row, pictures, best model; True to stop early."""
+    """Evaluates the current parameters (their EMA when kept): metrics row, pictures, best model; True to
+    stop early."""
     check_finite()
-    params = state_repl.params
+    params = state_repl.eval_params()
+    if config.ema_decay and main:
+      tqdm.write(f"step {step}: evaluating the EMA weights (ema_decay {config.ema_decay})")
     evaluations[step], _ = _evaluate_and_draw(p_eval, params, val_ds, config, workdir, step, log)
     if best is not None:
       best.update(step, evaluations[step], steps.unreplicate(params), saved_config)
@@ -204,6 +208,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpo
     checkpoint = ckpt.step_dir(step)
   saved, params = model_checkpoint.load_model(checkpoint)
   adopt_checkpoint_model(config, saved.to_dict(), checkpoint)
+  if model_checkpoint.has_ema(checkpoint) and jax.process_index() == 0:
+    print(f"evaluating the EMA weights of {checkpoint}", flush=True)
   val_ds = build_dataset(config, "val")
   validate_datasets(val_ds)
   _, p_eval = steps.pmapped_steps(None, None, None, eval_model(config))

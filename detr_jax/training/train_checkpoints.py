@@ -2,7 +2,8 @@
 
 Each step directory holds `params` and `config` (so `detr_jax.model_checkpoint.load_model` reads it
 like a converted checkpoint; the config also carries the dataset's `class_names`), plus
-`opt_state`, `meta` (step and PRNG key) and `data` (the input iterator's state as JSON).
+`opt_state`, `meta` (step and PRNG key), `data` (the input iterator's state as JSON) and, when the
+run keeps a parameter EMA (ema_decay > 0), `ema_params`.
 
 As soon as orbax has finished a checkpoint, `files.json` records the size of every file in it, so a
 checkpoint later cut short or missing a file (a full disk, a killed copy) is recognised before
@@ -10,15 +11,18 @@ anything reads it; `set_aside` moves such a checkpoint to WORKDIR/damaged_checkp
 """
 import json
 import os
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from detr_jax import model_checkpoint
+from detr_jax.model_checkpoint import EMA_ITEM
 from detr_jax.training.state import TrainState
 
-ITEMS = ("params", "opt_state", "meta", "config", "data")
+ITEMS = ("params", "opt_state", "meta", "config", "data")  # in every checkpoint; EMA_ITEM when kept
 FILE_LIST = "files.json"
 
 
@@ -43,7 +47,7 @@ class Checkpointer:
     self._unlisted = None  # step saved, its file list not yet written
 
   def _new_manager(self):
-    return ocp.CheckpointManager(self.directory, item_names=ITEMS, options=self._options)
+    return ocp.CheckpointManager(self.directory, item_names=ITEMS + (EMA_ITEM,), options=self._options)
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -59,10 +63,11 @@ class Checkpointer:
     background; returns at once."""
     self._list_files()  # of the previous save, which orbax finishes before starting this one
     state = jax.device_get(state)
+    ema = {} if state.ema_params is None else {EMA_ITEM: ocp.args.StandardSave(state.ema_params)}
     self.manager.save(int(state.step), args=ocp.args.Composite(
         params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.StandardSave({"step": np.asarray(state.step), "key": np.asarray(state.key)}),
-        config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state)))
+        config=ocp.args.JsonSave(config), data=ocp.args.JsonSave(data_state), **ema))
     self._unlisted = int(state.step)
 
   def poll(self) -> None:
@@ -132,17 +137,28 @@ class Checkpointer:
 
   def restore(self, template: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """(state, data iterator state) of `step` (default: the latest), shaped like `template` (arrays
-    or jax.ShapeDtypeStructs)."""
+    or jax.ShapeDtypeStructs).
+
+    The EMA follows the template: a template with EMA parameters and a checkpoint without (EMA
+    switched on when resuming, or a run older than the EMA) starts the average at the checkpoint's
+    parameters; a template without EMA parameters drops the checkpoint's. Either is said on one line.
+    """
     step = self.latest_step() if step is None else step
     as_abstract = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+    want_ema, has_ema = template.ema_params is not None, model_checkpoint.has_ema(self.step_dir(step))
+    ema = {EMA_ITEM: ocp.args.StandardRestore(as_abstract(template.ema_params))} if want_ema and has_ema else {}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(as_abstract(template.params)),
         opt_state=ocp.args.StandardRestore(as_abstract(template.opt_state)),
         meta=ocp.args.StandardRestore(as_abstract({"step": template.step, "key": template.key})),
-        data=ocp.args.JsonRestore()))
+        data=ocp.args.JsonRestore(), **ema))
+    if want_ema != has_ema and jax.process_index() == 0:
+      print(f"{self.step_dir(step)} has no EMA parameters: the EMA starts from its parameters" if want_ema else
+            f"ema_decay is 0: the EMA parameters of {self.step_dir(step)} are not kept", file=sys.stderr, flush=True)
     meta = restored["meta"]
+    ema_params = (restored[EMA_ITEM] if has_ema else restored["params"]) if want_ema else None
     state = TrainState(step=meta["step"], params=restored["params"], opt_state=restored["opt_state"],
-                       key=meta["key"])
+                       key=meta["key"], ema_params=ema_params)
     return state, restored["data"]
 
   def wait(self) -> None:
