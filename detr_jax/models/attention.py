@@ -3,6 +3,14 @@
 Parameters mirror torch's packed layout: `in_proj` holds the q, k and v projections side by side
 (kernel [d, 3d], torch rows 0:d, d:2d, 2d:3d), then `out_proj`. q is scaled by head_dim^-0.5
 after its bias; dropout acts on each attention weight independently.
+
+Implementations (`implementation`, the config's `model.attention`):
+- "reference": the official computation step by step (logits, softmax, dropout on the weights).
+- "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation (cuDNN: the fused
+  flash-attention kernel of NVIDIA GPUs, bfloat16 only). The key padding mask is exact there: a
+  boolean mask, never sequence lengths (the padding of a flattened feature map is not a suffix).
+  Neither has dropout on the attention weights, so they refuse to train with dropout > 0.
+The logits and the softmax are float32 whatever the compute dtype; the weights meet v in `dtype`.
 """
 from typing import Optional
 
@@ -10,16 +18,55 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detr_jax.errors import UserError
+
+IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+
 
 def padding_to_attention_mask(key_padding_mask: jnp.ndarray) -> jnp.ndarray:
   """[B, K] True = padding (torch) -> [B, 1, 1, K] True = attend (flax convention)."""
   return ~key_padding_mask[:, None, None, :]
 
 
+def reference_attention(q, k, v, key_padding_mask, dropout):
+  """q [B, Q, h, c] (scaled), k, v [B, K, h, c], key_padding_mask [B, K] or None -> [B, Q, h, c].
+
+  dropout: a function applied to the float32 weights [B, h, Q, K]."""
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, preferred_element_type=jnp.float32)
+  if key_padding_mask is not None:
+    logits = jnp.where(padding_to_attention_mask(key_padding_mask), logits, -jnp.inf)
+  weights = dropout(jax.nn.softmax(logits, axis=-1))
+  return jnp.einsum("bhqk,bkhc->bqhc", weights.astype(v.dtype), v)
+
+
+def fused_attention(q, k, v, key_padding_mask, implementation):
+  """`reference_attention` without dropout through jax.nn.dot_product_attention (same shapes).
+
+  cuDNN wants a mask with the queries' length and, in training, even sequence lengths: the mask
+  is broadcast over the queries and an odd length gets one more (masked) key or query."""
+  mask = None if key_padding_mask is None else padding_to_attention_mask(key_padding_mask)
+  if implementation == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise UserError(f"model.attention='cudnn' needs an NVIDIA GPU; this backend is {jax.default_backend()}")
+    num_queries, num_keys = q.shape[1], k.shape[1]
+    pad = lambda t, n: jnp.pad(t, ((0, 0), (0, n % 2), (0, 0), (0, 0)))
+    q, k, v = pad(q, num_queries), pad(k, num_keys), pad(v, num_keys)
+    if mask is None:
+      mask = jnp.ones((q.shape[0], 1, 1, num_keys), bool)
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, num_keys % 2)))
+    mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation="cudnn")[:, :num_queries]
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation=implementation)
+
+
 class MultiheadAttention(nn.Module):
-  """query [B, Q, d], key/value [B, K, d], key_padding_mask [B, K] (True = ignore) -> [B, Q, d]."""
+  """query [B, Q, d], key/value [B, K, d], key_padding_mask [B, K] (True = ignore) -> [B, Q, d].
+
+  dtype: of the projections and the attention matmuls (parameters stay float32)."""
   num_heads: int
   dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  implementation: str = "reference"  # IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, query, key, value, key_padding_mask: Optional[jnp.ndarray] = None,
@@ -28,7 +75,9 @@ class MultiheadAttention(nn.Module):
     head_dim = d // self.num_heads
     kernel = self.param("in_proj_kernel", nn.initializers.xavier_uniform(), (d, 3 * d))
     bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
-    if query is key:  # self-attention: one matmul for q and k
+    is_self_attention = query is key
+    query, key, value, kernel, bias = nn.dtypes.promote_dtype(query, key, value, kernel, bias, dtype=self.dtype)
+    if is_self_attention:  # one matmul for q and k
       q, k = jnp.split(query @ kernel[:, :2 * d] + bias[:2 * d], 2, axis=-1)
     else:
       q = query @ kernel[:, :d] + bias[:d]
@@ -37,10 +86,12 @@ class MultiheadAttention(nn.Module):
     q = q * head_dim ** -0.5
 
     split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
-    logits = jnp.einsum("bqhc,bkhc->bhqk", split(q), split(k))
-    if key_padding_mask is not None:
-      logits = jnp.where(padding_to_attention_mask(key_padding_mask), logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhc->bqhc", weights, split(v)).reshape(*query.shape[:-1], d)
-    return nn.Dense(d, name="out_proj")(out)
+    if self.implementation == "reference":
+      dropout = lambda w: nn.Dropout(self.dropout)(w, deterministic=deterministic)
+      out = reference_attention(split(q), split(k), split(v), key_padding_mask, dropout)
+    else:
+      if self.dropout > 0 and not deterministic:
+        raise UserError(f"model.attention={self.implementation!r} has no dropout on the attention weights: "
+                        "train it with model.dropout=0, or use model.attention='reference'")
+      out = fused_attention(split(q), split(k), split(v), key_padding_mask, self.implementation)
+    return nn.Dense(d, dtype=self.dtype, name="out_proj")(out.reshape(*out.shape[:-2], d))

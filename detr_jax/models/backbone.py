@@ -3,8 +3,12 @@
 Parameter names mirror torchvision: `conv1`, `bn1`, `layer{1..4}_{block}` with `conv{k}`,
 `bn{k}` and `downsample_conv` / `downsample_bn`. Blocks, widths and strides come from
 `detr_jax.architecture.resnet_stages`, shared with the official key layout.
+
+Mixed precision (`dtype` bfloat16): convolutions run in bf16 and the activations are bf16; each
+FrozenBatchNorm folds its statistics into a scale and shift in float32, then applies them in bf16
+(one multiply-add, where bf16 loses nothing the conv before it has not already rounded).
 """
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +25,7 @@ class FrozenBatchNorm(nn.Module):
   them.
   """
   features: int
+  dtype: Any = jnp.float32  # of the output; scale and shift are computed in float32
 
   @nn.compact
   def __call__(self, x):
@@ -30,6 +35,7 @@ class FrozenBatchNorm(nn.Module):
     var = self.param("var", nn.initializers.ones, (self.features,))
     scale = weight * jax.lax.rsqrt(var + 1e-5)
     shift = bias - mean * scale
+    x, scale, shift = nn.dtypes.promote_dtype(x, scale, shift, dtype=self.dtype)
     return x * scale + shift
 
 
@@ -39,21 +45,25 @@ class Conv1x1(nn.Module):
   features: int
   stride: int = 1
   use_bias: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
-    return y + self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else y
+    if not self.use_bias:
+      return y
+    return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
-def _conv(features, kernel, stride=1, dilation=1, name=None):
+def _conv(features, kernel, stride=1, dilation=1, dtype=jnp.float32, name=None):
   """Bias-free conv with torch's explicit symmetric padding (never "SAME")."""
   if kernel == 1:
-    return Conv1x1(features, stride, use_bias=False, name=name)
+    return Conv1x1(features, stride, use_bias=False, dtype=dtype, name=name)
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 kernel_dilation=(dilation, dilation), use_bias=False, name=name)
+                 kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype, name=name)
 
 
 def _zero_padding(x, valid):
@@ -74,6 +84,13 @@ class _Block(nn.Module):
   stride: int = 1
   dilation: int = 1
   downsample: bool = False
+  dtype: Any = jnp.float32
+
+  def conv(self, features, kernel, stride=1, dilation=1, name=None):
+    return _conv(features, kernel, stride, dilation, self.dtype, name)
+
+  def bn(self, features, name):
+    return FrozenBatchNorm(features, self.dtype, name=name)
 
 
 class BasicBlock(_Block):
@@ -83,12 +100,11 @@ class BasicBlock(_Block):
   def __call__(self, x, valid=None):
     if self.dilation > 1:
       raise ValueError("BasicBlock (resnet18/34) does not support dilation (DC5), as in torchvision")
-    y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 3, self.stride, name="conv1")(x)))
+    y = nn.relu(self.bn(self.width, "bn1")(self.conv(self.width, 3, self.stride, name="conv1")(x)))
     valid = _strided(valid, self.stride)
-    y = FrozenBatchNorm(self.width, name="bn2")(_conv(self.width, 3, name="conv2")(_zero_padding(y, valid)))
+    y = self.bn(self.width, "bn2")(self.conv(self.width, 3, name="conv2")(_zero_padding(y, valid)))
     if self.downsample:
-      x = FrozenBatchNorm(self.width, name="downsample_bn")(
-          _conv(self.width, 1, self.stride, name="downsample_conv")(x))
+      x = self.bn(self.width, "downsample_bn")(self.conv(self.width, 1, self.stride, name="downsample_conv")(x))
     return _zero_padding(nn.relu(x + y), valid)
 
 
@@ -98,12 +114,12 @@ class Bottleneck(_Block):
   @nn.compact
   def __call__(self, x, valid=None):
     out = BOTTLENECK_EXPANSION * self.width
-    y = nn.relu(FrozenBatchNorm(self.width, name="bn1")(_conv(self.width, 1, name="conv1")(x)))
-    y = _conv(self.width, 3, self.stride, self.dilation, name="conv2")(_zero_padding(y, valid))
-    y = nn.relu(FrozenBatchNorm(self.width, name="bn2")(y))
-    y = FrozenBatchNorm(out, name="bn3")(_conv(out, 1, name="conv3")(y))
+    y = nn.relu(self.bn(self.width, "bn1")(self.conv(self.width, 1, name="conv1")(x)))
+    y = self.conv(self.width, 3, self.stride, self.dilation, name="conv2")(_zero_padding(y, valid))
+    y = nn.relu(self.bn(self.width, "bn2")(y))
+    y = self.bn(out, "bn3")(self.conv(out, 1, name="conv3")(y))
     if self.downsample:
-      x = FrozenBatchNorm(out, name="downsample_bn")(_conv(out, 1, self.stride, name="downsample_conv")(x))
+      x = self.bn(out, "downsample_bn")(self.conv(out, 1, self.stride, name="downsample_conv")(x))
     return _zero_padding(nn.relu(x + y), _strided(valid, self.stride))
 
 
@@ -115,14 +131,20 @@ class ResNet(nn.Module):
   (beyond the cells that the image alone would give),
   so each image's features are those of the image alone, padded or not (the official model's
   features near the border depend on how much padding the batch added).
+
+  dtype: of the convolutions and the activations. remat: each residual block is recomputed in
+  the backward pass instead of storing its activations (the block inputs are kept).
   """
   arch: str = "resnet50"
   dilation: bool = False
+  dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, mask=None):
-    valid = None if mask is None else (~mask)[..., None].astype(x.dtype)
-    x = nn.relu(FrozenBatchNorm(STEM_CHANNELS, name="bn1")(_conv(STEM_CHANNELS, 7, 2, name="conv1")(x)))
+    valid = None if mask is None else (~mask)[..., None].astype(self.dtype)
+    stem = _conv(STEM_CHANNELS, 7, 2, dtype=self.dtype, name="conv1")
+    x = nn.relu(FrozenBatchNorm(STEM_CHANNELS, self.dtype, name="bn1")(stem(x)))
     x = _zero_padding(x, _strided(valid, 2))  # >= 0 after the ReLU, so 0 never wins the max pool
     valid = _strided(valid, 4)
     x = _zero_padding(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))), valid)
@@ -130,7 +152,8 @@ class ResNet(nn.Module):
     for blocks in resnet_stages(self.arch, self.dilation):
       for block in blocks:
         block_cls = Bottleneck if block.bottleneck else BasicBlock
-        x = block_cls(block.width, block.stride, block.dilation, block.downsample,
+        block_cls = nn.remat(block_cls) if self.remat else block_cls
+        x = block_cls(block.width, block.stride, block.dilation, block.downsample, self.dtype,
                       name=f"layer{block.stage}_{block.index}")(x, valid)
         valid = _strided(valid, block.stride)
       levels.append(x)

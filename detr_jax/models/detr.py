@@ -2,6 +2,11 @@
 
 Inputs are NHWC images [B, H, W, 3] (normalised, zero-padded bottom/right) and a padding mask
 [B, H, W] (True = padding). Boxes come out as (cx, cy, w, h) in [0, 1] of the unpadded image.
+
+Mixed precision (`dtype` bfloat16, parameters float32): the backbone, input_proj and transformer
+compute in bf16 (see their modules); the position encodings, the class and box heads (on the
+decoder's float32 output, a negligible share of the work), the box sigmoid and every output are
+float32, so the matcher and the losses see float32.
 """
 from typing import Any
 
@@ -44,6 +49,8 @@ class DETR(nn.Module):
   position_embedding: str = "sine"
   aux_loss: bool = True
   isolate_padding: bool = False  # batch-invariant features (see ResNet); official: False
+  dtype: Any = jnp.float32  # compute dtype of the backbone and input_proj (the transformer's is in its config)
+  remat_backbone: bool = False  # recompute each residual block in the backward pass
 
   @property
   def hidden_dim(self) -> int:
@@ -51,7 +58,8 @@ class DETR(nn.Module):
 
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
-    levels = ResNet(self.backbone, self.dilation, name="backbone")(images, mask if self.isolate_padding else None)
+    levels = ResNet(self.backbone, self.dilation, self.dtype, self.remat_backbone, name="backbone")(
+        images, mask if self.isolate_padding else None)
     masks = [downsample_mask(mask, f.shape[1:3]) for f in levels]
     for i, (feat, feat_mask) in enumerate(zip(levels, masks)):
       self.sow("intermediates", f"backbone_feat{i}", feat)
@@ -61,7 +69,7 @@ class DETR(nn.Module):
     else:
       pos_embed = PositionEmbeddingLearned(self.hidden_dim // 2, name="position_embedding")
     pos = pos_embed(masks[-1])
-    src_proj = nn.Conv(self.hidden_dim, (1, 1), name="input_proj")(levels[-1])
+    src_proj = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name="input_proj")(levels[-1])
     query_embed = nn.Embed(self.num_queries, self.hidden_dim, embedding_init=nn.initializers.normal(1.0),
                            name="query_embed")(jnp.arange(self.num_queries))
     hs, memory = Transformer(self.transformer_config, name="transformer")(
@@ -69,7 +77,7 @@ class DETR(nn.Module):
     for key, value in (("pos", pos), ("src_proj", src_proj), ("memory", memory), ("hs", hs)):
       self.sow("intermediates", key, value)
 
-    logits = nn.Dense(self.num_classes + 1, name="class_embed")(hs)
+    logits = nn.Dense(self.num_classes + 1, name="class_embed")(hs)  # float32, as hs
     boxes = jax.nn.sigmoid(MLP(self.hidden_dim, 4, BBOX_MLP_LAYERS, name="bbox_embed")(hs))
     outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
     if self.aux_loss:

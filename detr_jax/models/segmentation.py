@@ -1,4 +1,11 @@
-"""The panoptic head: MHAttentionMap and MaskHeadSmallConv on top of a DETR (NHWC)."""
+"""The panoptic head: MHAttentionMap and MaskHeadSmallConv on top of a DETR (NHWC).
+
+Mixed precision (the DETR's `dtype` bfloat16): the linear layers and convolutions compute in bf16;
+the attention maps' logits and softmax, and each GroupNorm's statistics and normalisation, are
+float32; pred_masks is float32.
+"""
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,55 +23,58 @@ class MHAttentionMap(nn.Module):
   """
   hidden_dim: int
   num_heads: int
+  dtype: Any = jnp.float32  # of q_linear, k_linear and the logits' matmul; the softmax is float32
 
   @nn.compact
   def __call__(self, q, memory, mask):
     head_dim = self.hidden_dim // self.num_heads
-    q = nn.Dense(self.hidden_dim, name="q_linear")(q)
-    k = nn.Dense(self.hidden_dim, name="k_linear")(memory)  # a 1x1 conv over the map
+    q = nn.Dense(self.hidden_dim, dtype=self.dtype, name="q_linear")(q)
+    k = nn.Dense(self.hidden_dim, dtype=self.dtype, name="k_linear")(memory)  # a 1x1 conv over the map
     qh = q.reshape(*q.shape[:2], self.num_heads, head_dim) * head_dim ** -0.5
     kh = k.reshape(*k.shape[:3], self.num_heads, head_dim)
-    weights = jnp.einsum("bqnc,bhwnc->bqnhw", qh, kh)
+    weights = jnp.einsum("bqnc,bhwnc->bqnhw", qh, kh, preferred_element_type=jnp.float32)
     weights = jnp.where(mask[:, None, None], -jnp.inf, weights)
     b, nq = weights.shape[:2]
     return jax.nn.softmax(weights.reshape(b, nq, -1), axis=-1).reshape(weights.shape)
 
 
-def _group_norm(name):
-  """torch GroupNorm(8): eps 1e-5, two-pass variance."""
-  return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, name=name)
+def _group_norm(name, dtype):
+  """torch GroupNorm(8): eps 1e-5, two-pass variance; statistics in float32, output in `dtype`."""
+  return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
 class MaskHeadSmallConv(nn.Module):
   """FPN-style conv head producing one mask logit map per query at stride 4.
 
   x [B, h, w, d] (input_proj of layer4), bbox_mask [B, Q, heads, h, w], fpns = [layer3, layer2,
-  layer1] features -> [B, Q, H4, W4].
+  layer1] features -> [B, Q, H4, W4] (float32).
   """
   hidden_dim: int
+  dtype: Any = jnp.float32  # of the convolutions and activations
 
   @nn.compact
   def __call__(self, x, bbox_mask, fpns):
     b, nq, heads, h, w = bbox_mask.shape
     dims = mask_head_widths(self.hidden_dim, heads)
-    conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
-    x = jnp.broadcast_to(x[:, None], (b, nq, h, w, x.shape[-1])).reshape(b * nq, h, w, -1)
-    x = jnp.concatenate([x, bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads)], axis=-1)
+    conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
+    x = jnp.broadcast_to(x[:, None], (b, nq, h, w, x.shape[-1])).reshape(b * nq, h, w, -1).astype(self.dtype)
+    bbox_mask = bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads).astype(self.dtype)
+    x = jnp.concatenate([x, bbox_mask], axis=-1)
 
     def conv_gn_relu(x, k):
-      x = _group_norm(f"gn{k}")(conv(dims[k - 1], f"lay{k}")(x))
+      x = _group_norm(f"gn{k}", self.dtype)(conv(dims[k - 1], f"lay{k}")(x))
       self.sow("intermediates", f"mask_head_gn{k}", x)
       return nn.relu(x)
 
     x = conv_gn_relu(conv_gn_relu(x, 1), 2)
     for k, fpn in enumerate(fpns, start=1):
-      adapted = nn.Conv(dims[k], (1, 1), name=f"adapter{k}")(fpn)
+      adapted = nn.Conv(dims[k], (1, 1), dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
       fh, fw = adapted.shape[1:3]
       x = resize_nearest(x, (fh, fw)).reshape(b, nq, fh, fw, -1) + adapted[:, None]
       x = conv_gn_relu(x.reshape(b * nq, fh, fw, -1), k + 2)
     x = conv(1, "out_lay")(x)
-    return x.reshape(b, nq, *x.shape[1:3])
+    return x.reshape(b, nq, *x.shape[1:3]).astype(jnp.float32)
 
 
 class DETRsegm(nn.Module):
@@ -89,10 +99,10 @@ class DETRsegm(nn.Module):
       _, index = jax.lax.top_k(jnp.where(thing_or_stuff, probs.max(-1), -1.0), self.mask_queries)
       queries = jnp.take_along_axis(queries, index[..., None], axis=1)
       outputs = {**outputs, "mask_query_index": index}
-    bbox_mask = MHAttentionMap(hidden_dim, num_heads, name="bbox_attention")(
+    bbox_mask = MHAttentionMap(hidden_dim, num_heads, self.detr.dtype, name="bbox_attention")(
         queries, internals["memory"], internals["mask"])
     self.sow("intermediates", "bbox_mask", bbox_mask)
     levels = internals["levels"]
-    masks = MaskHeadSmallConv(hidden_dim, name="mask_head")(
+    masks = MaskHeadSmallConv(hidden_dim, self.detr.dtype, name="mask_head")(
         internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]])
     return {**outputs, "pred_masks": masks}

@@ -4,8 +4,15 @@ Post-norm by default (`pre_norm=True` switches to pre-norm, which adds a final e
 Position encodings are added to queries and keys at every layer, never to values. The decoder
 starts from zeros and returns every layer's output through its shared final LayerNorm.
 Every module here takes one `TransformerConfig`.
+
+Mixed precision (`dtype` bfloat16): the linear layers and attention compute in bf16 and the
+tokens between them are bf16; each LayerNorm computes its statistics and normalises in float32
+(flax) and hands bf16 on, except the decoder's final norm, whose float32 output feeds the heads.
+`remat` recomputes each encoder / decoder layer in the backward pass instead of storing its
+activations (same values and gradients, less memory, one more forward pass of the layers).
 """
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -13,16 +20,16 @@ import jax.numpy as jnp
 from detr_jax.models.attention import MultiheadAttention
 
 
-def layer_norm(name):
-  """torch LayerNorm: eps 1e-5, two-pass variance."""
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+def layer_norm(name, dtype=jnp.float32):
+  """torch LayerNorm: eps 1e-5, two-pass variance; statistics in float32, output in `dtype`."""
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def feed_forward(x, dim_feedforward, dropout, deterministic):
+def feed_forward(x, dim_feedforward, dropout, deterministic, dtype):
   """linear1 -> ReLU -> dropout -> linear2, created in the calling layer's scope."""
-  y = nn.relu(nn.Dense(dim_feedforward, name="linear1")(x))
+  y = nn.relu(nn.Dense(dim_feedforward, dtype=dtype, name="linear1")(x))
   y = nn.Dropout(dropout)(y, deterministic=deterministic)
-  return nn.Dense(x.shape[-1], name="linear2")(y)
+  return nn.Dense(x.shape[-1], dtype=dtype, name="linear2")(y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,18 @@ class TransformerConfig:
   dim_feedforward: int = 2048
   dropout: float = 0.1  # after attention weights, in the feed-forward block and on each residual branch
   pre_norm: bool = False
+  dtype: Any = jnp.float32  # compute dtype (float32 or bfloat16); parameters are float32
+  remat: bool = False  # recompute each layer in the backward pass
+  attention: str = "reference"  # attention.IMPLEMENTATIONS
+
+
+def _attention(cfg: TransformerConfig, name: str) -> MultiheadAttention:
+  return MultiheadAttention(cfg.nheads, cfg.dropout, cfg.dtype, cfg.attention, name=name)
+
+
+def _remat(cls, cfg: TransformerConfig, deterministic_argnum: int):
+  """`cls`, rematerialised when cfg.remat; its `deterministic` argument (self is 0) is static."""
+  return nn.remat(cls, static_argnums=(deterministic_argnum,)) if cfg.remat else cls
 
 
 class EncoderLayer(nn.Module):
@@ -43,9 +62,9 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, src, pos, padding_mask, deterministic):
     cfg = self.config
-    attn = MultiheadAttention(cfg.nheads, cfg.dropout, name="self_attn")
-    ffn = lambda x, det: feed_forward(x, cfg.dim_feedforward, cfg.dropout, det)
-    norm1, norm2 = layer_norm("norm1"), layer_norm("norm2")
+    attn = _attention(cfg, "self_attn")
+    ffn = lambda x, det: feed_forward(x, cfg.dim_feedforward, cfg.dropout, det, cfg.dtype)
+    norm1, norm2 = layer_norm("norm1", cfg.dtype), layer_norm("norm2", cfg.dtype)
     drop = lambda x: nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     if cfg.pre_norm:
       y = norm1(src)
@@ -63,10 +82,9 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, tgt, memory, pos, query_pos, padding_mask, deterministic):
     cfg = self.config
-    self_attn = MultiheadAttention(cfg.nheads, cfg.dropout, name="self_attn")
-    cross_attn = MultiheadAttention(cfg.nheads, cfg.dropout, name="multihead_attn")
-    ffn = lambda x, det: feed_forward(x, cfg.dim_feedforward, cfg.dropout, det)
-    norm1, norm2, norm3 = layer_norm("norm1"), layer_norm("norm2"), layer_norm("norm3")
+    self_attn, cross_attn = _attention(cfg, "self_attn"), _attention(cfg, "multihead_attn")
+    ffn = lambda x, det: feed_forward(x, cfg.dim_feedforward, cfg.dropout, det, cfg.dtype)
+    norm1, norm2, norm3 = (layer_norm(f"norm{i}", cfg.dtype) for i in (1, 2, 3))
     drop = lambda x: nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     if cfg.pre_norm:
       y = norm1(tgt)
@@ -86,21 +104,24 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, src, pos, padding_mask, deterministic):
+    layer = _remat(EncoderLayer, self.config, 4)
     for i in range(self.config.enc_layers):
-      src = EncoderLayer(self.config, name=f"layers_{i}")(src, pos, padding_mask, deterministic)
+      src = layer(self.config, name=f"layers_{i}")(src, pos, padding_mask, deterministic)
       self.sow("intermediates", "encoder_layer_out", src)
-    return layer_norm("norm")(src) if self.config.pre_norm else src
+    return layer_norm("norm", self.config.dtype)(src) if self.config.pre_norm else src
 
 
 class Decoder(nn.Module):
+  """Returns every layer's output through the shared final norm, in float32 (it feeds the heads)."""
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, tgt, memory, pos, query_pos, padding_mask, deterministic):
+    layer = _remat(DecoderLayer, self.config, 6)
     norm = layer_norm("norm")
     outputs = []
     for i in range(self.config.dec_layers):
-      tgt = DecoderLayer(self.config, name=f"layers_{i}")(tgt, memory, pos, query_pos, padding_mask, deterministic)
+      tgt = layer(self.config, name=f"layers_{i}")(tgt, memory, pos, query_pos, padding_mask, deterministic)
       self.sow("intermediates", "decoder_layer_out_prenorm", tgt)
       outputs.append(norm(tgt))
     return jnp.stack(outputs)
@@ -109,17 +130,19 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
   """src, pos [B, h, w, d]; padding_mask [B, h, w]; query_embed [Q, d].
 
-  Returns hs [L, B, Q, d] (every decoder layer, normed) and memory [B, h, w, d].
+  Returns hs [L, B, Q, d] (every decoder layer, normed; float32) and memory [B, h, w, d] (in the
+  compute dtype).
   """
   config: TransformerConfig = TransformerConfig()
 
   @nn.compact
   def __call__(self, src, padding_mask, query_embed, pos, deterministic: bool = True):
     b, h, w, d = src.shape
-    src, pos = src.reshape(b, h * w, d), pos.reshape(b, h * w, d)
+    dtype = self.config.dtype
+    src, pos = src.reshape(b, h * w, d).astype(dtype), pos.reshape(b, h * w, d).astype(dtype)
     padding_mask = padding_mask.reshape(b, h * w)
     memory = Encoder(self.config, name="encoder")(src, pos, padding_mask, deterministic)
-    query_pos = jnp.broadcast_to(query_embed[None], (b, *query_embed.shape))
+    query_pos = jnp.broadcast_to(query_embed[None], (b, *query_embed.shape)).astype(dtype)
     hs = Decoder(self.config, name="decoder")(
         jnp.zeros_like(query_pos), memory, pos, query_pos, padding_mask, deterministic)
     return hs, memory.reshape(b, h, w, d)
