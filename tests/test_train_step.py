@@ -1,4 +1,5 @@
-"""The pmapped train step: gradient accumulation, the parameter EMA, and one compilation per bucket.
+"""The pmapped train step: gradient accumulation, the parameter EMA, and one compilation per bucket;
+the criterion's normalisation of micro-batches against the official losses.
 
 Batches come from the real input pipeline (synthetic images of random sizes with 0-3 objects,
 padded into two buckets) and go through the real step, criterion (aux layer included), matcher
@@ -6,13 +7,17 @@ and optimizer (AdamW groups, clipping). The detector is a stand-in with DETR's i
 outputs, per image independent like DETR: a DETR train step takes ~45 s of CPU to compile here
 (~12 s for this one), and what is tested lives in the step, not in the layers.
 """
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from detr_jax import compare
 from detr_jax.config import dataset_config, model_config, training_config
+from detr_jax.criterion import BASE_LOSSES, SetCriterion
 from detr_jax.data import build_dataset
 from detr_jax.data.stream import build_stream
 from detr_jax.data.synthetic import CLASS_NAMES
@@ -20,6 +25,7 @@ from detr_jax.training import step as steps
 from detr_jax.training.optimizer import make_optimizer
 from detr_jax.training.setup import make_criterion
 from detr_jax.training.state import TrainState
+from helpers import fixture_path, load_npz
 
 # pytest-xdist: the tests of this module share the module-scoped runs; one worker makes them once.
 pytestmark = pytest.mark.xdist_group("test_train_step")
@@ -142,3 +148,27 @@ def test_the_step_compiles_once_per_bucket(runs):
     compiled = [record[3] for record in runs[k]]
     first_of_bucket = [shapes.index(s) == i for i, s in enumerate(shapes[:len(compiled)])]
     assert compiled == [int(first) for first in first_of_bucket], (k, shapes, compiled)
+
+
+def test_micro_batches_of_one_image_give_the_official_loss_of_the_batch():
+  """The official losses of a 3-image batch (masks included, targets 4, 0 and 7) as the mean of the
+  criterion on each image with the batch's counts (accumulated_valid)."""
+  ref = load_npz("criterion_masks_small.npz")
+  with open(fixture_path("criterion_small.json")) as f:
+    expected = json.load(f)["masks"]
+  slots = ref["tgt_labels"].shape[1]
+  targets = {"labels": ref["tgt_labels"].astype(np.int32), "boxes": ref["tgt_boxes"], "masks": ref["tgt_masks"],
+             "valid": np.arange(slots)[None] < ref["tgt_counts"][:, None]}
+  outputs = {k: ref[k] for k in compare.CRITERION_PREDICTIONS if k in ref}
+  criterion = jax.jit(SetCriterion(losses=BASE_LOSSES + ("masks",)))
+  accumulated_valid = targets["valid"][:, None]  # [3 micro-batches, 1 image, slots]
+  parts = []
+  for i in range(3):
+    image = lambda x, axis=0: np.take(x, [i], axis=axis)
+    micro_outputs = {k: image(v, axis=1 if k.startswith("aux_") else 0) for k, v in outputs.items()}
+    parts.append(criterion(micro_outputs, {k: image(v) for k, v in targets.items()},
+                           accumulated_valid=accumulated_valid))
+  np.testing.assert_allclose(np.mean([total for total, _ in parts]), expected["total_weighted_loss"], rtol=1e-5)
+  for key in ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_ce_0", "loss_giou_1"):
+    np.testing.assert_allclose(np.mean([losses[key] for _, losses in parts]), expected["loss_dict"][key],
+                               rtol=1e-5, err_msg=key)

@@ -18,8 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from detr_jax import model_checkpoint
-from detr_jax.model_checkpoint import EMA_ITEM
+from detr_jax.model_checkpoint import EMA_ITEM, has_ema
 from detr_jax.training.state import TrainState
 
 ITEMS = ("params", "opt_state", "meta", "config", "data")  # in every checkpoint; EMA_ITEM when kept
@@ -145,18 +144,18 @@ class Checkpointer:
     """
     step = self.latest_step() if step is None else step
     as_abstract = lambda tree: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
-    want_ema, has_ema = template.ema_params is not None, model_checkpoint.has_ema(self.step_dir(step))
-    ema = {EMA_ITEM: ocp.args.StandardRestore(as_abstract(template.ema_params))} if want_ema and has_ema else {}
+    want_ema, saved_ema = template.ema_params is not None, has_ema(self.step_dir(step))
+    ema = {EMA_ITEM: ocp.args.StandardRestore(as_abstract(template.ema_params))} if want_ema and saved_ema else {}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(as_abstract(template.params)),
         opt_state=ocp.args.StandardRestore(as_abstract(template.opt_state)),
         meta=ocp.args.StandardRestore(as_abstract({"step": template.step, "key": template.key})),
         data=ocp.args.JsonRestore(), **ema))
-    if want_ema != has_ema and jax.process_index() == 0:
+    if want_ema != saved_ema and jax.process_index() == 0:
       print(f"{self.step_dir(step)} has no EMA parameters: the EMA starts from its parameters" if want_ema else
             f"ema_decay is 0: the EMA parameters of {self.step_dir(step)} are not kept", file=sys.stderr, flush=True)
     meta = restored["meta"]
-    ema_params = (restored[EMA_ITEM] if has_ema else restored["params"]) if want_ema else None
+    ema_params = (restored[EMA_ITEM] if saved_ema else restored["params"]) if want_ema else None
     state = TrainState(step=meta["step"], params=restored["params"], opt_state=restored["opt_state"],
                        key=meta["key"], ema_params=ema_params)
     return state, restored["data"]
