@@ -24,7 +24,7 @@ def _inputs():
 
 
 def _loss(model, params, images, mask, dropout_key):
-  """A scalar that reaches every output: random weights on logits and boxes, every layer's."""
+  """A scalar that reaches every output: fixed random weights on the logits and boxes."""
   outputs = model.apply({"params": params}, images, mask, deterministic=False, rngs={"dropout": dropout_key})
   rng = np.random.default_rng(2)  # constants of the traced function
   return sum(jnp.sum(rng.normal(size=v.shape).astype(np.float32) * v) for _, v in sorted(outputs.items()))
