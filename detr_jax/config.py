@@ -432,6 +432,9 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
                     f"model drops them there): use it with model.dropout=0, or model.attention='reference'")
   if attention == "cudnn" and model.get("dtype", "float32") != "bfloat16":
     raise UserError("config key model.attention='cudnn' (cuDNN flash attention) needs model.dtype='bfloat16'")
+  if attention == "cudnn" and (d // heads % 8 or d // heads > 128):
+    raise UserError(f"config key model.attention='cudnn' needs a head width (model.hidden_dim / model.nheads) that "
+                    f"is a multiple of 8 and at most 128, got {d // heads}")
   widths = mask_head_widths(d, heads)
   if model.masks and any(width % MASK_HEAD_GROUPS for width in widths):
     raise UserError(f"model.masks=True: the mask head's widths {widths} (model.hidden_dim + model.nheads, then "
