@@ -475,7 +475,7 @@ def compare_train(args) -> int:
   from detr_jax.model_checkpoint import load_model
 
   ref, settings, targets = read_train_reference(args.reference)
-  steps = args.steps or settings["steps"]
+  steps = settings["steps"] if args.steps is None else args.steps
   if not 1 <= steps <= settings["steps"]:
     raise UserError(f"--steps {steps}: the reference {args.reference} holds steps 1..{settings['steps']}")
   if args.grad_accum_steps < 1 or len(targets) % args.grad_accum_steps:
@@ -546,7 +546,7 @@ def main(argv=None) -> int:
                                        "official trainer's")
   train.add_argument("--checkpoint", required=True, help="model checkpoint directory (the reference's weights)")
   train.add_argument("--reference", required=True, help="TRAIN.npz (tools/dump_official_train.py)")
-  train.add_argument("--steps", type=int, default=0, help="steps to run (default: all of the reference's)")
+  train.add_argument("--steps", type=int, help="steps to run (default: all of the reference's)")
   train.add_argument("--dtype", choices=tuple(TRAIN_LOSS_TOLERANCE), default="float32", help="model.dtype of our side")
   train.add_argument("--grad-accum-steps", type=int, default=1, help="micro-batches per update on our side")
   train.add_argument("--save", help="write our arrays to this .npz, in the TRAIN.npz layout")

@@ -95,6 +95,7 @@ def test_bad_reference_is_one_line(tmp_path, capsys, change, message):
   assert err.startswith(f"error: reference {path}: {message}") and err.count("\n") == 1
 
 
-def test_steps_beyond_the_reference(tmp_path, capsys):
-  code, _, err = _run(["--checkpoint", str(tmp_path), "--reference", REFERENCE, "--steps", "4"], capsys)
-  assert (code, err) == (2, f"error: --steps 4: the reference {REFERENCE} holds steps 1..3\n")
+@pytest.mark.parametrize("steps", ["4", "0"])
+def test_steps_outside_the_reference(tmp_path, capsys, steps):
+  code, _, err = _run(["--checkpoint", str(tmp_path), "--reference", REFERENCE, "--steps", steps], capsys)
+  assert (code, err) == (2, f"error: --steps {steps}: the reference {REFERENCE} holds steps 1..3\n")
