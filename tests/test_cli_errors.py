@@ -231,8 +231,8 @@ def _script(path):
                                         "'detr_resnet50_dc5', 'detr_resnet101', 'detr_resnet101_dc5', "
                                         "'detr_resnet50_panoptic', 'detr_resnet50_dc5_panoptic', "
                                         "'detr_resnet101_panoptic')"),
-    ("train_step.py", ["--batch", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 512 "
-                                        "683, 0, 5, 7"),
+    ("train_step.py", ["--batch", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 800 "
+                                        "1088, 0, 10, 7"),
     ("train_step.py", ["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
     ("panoptic_inference.py", ["--kept", "100"], "--mask-queries must be in 0..100 and --kept in 1..99, got 0 25 "
                                                  "and 100"),  # was: IndexError

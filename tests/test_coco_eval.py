@@ -11,9 +11,6 @@ from pycocotools.cocoeval import COCOeval
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
 from detr_jax.evaluation import STAT_NAMES, CocoEvaluator, coco_from_examples, coco_from_json
 
-# pytest-xdist: the tests of this module share module-scoped fixtures; one worker sets them up once.
-pytestmark = pytest.mark.xdist_group("test_coco_eval")
-
 HALF = 51 / 101  # precision 1 up to recall 0.5 on the 101 recall thresholds, then 0
 
 

@@ -19,9 +19,6 @@ from detr_jax.torch_io import load_pth, save_pth
 from detr_jax.torch_io.convert import infer_model_config, state_dict_to_params
 from detr_jax.torch_io.mapping import model_layout, resnet_layout
 
-# pytest-xdist: the tests of this module share module-scoped fixtures; one worker sets them up once.
-pytestmark = pytest.mark.xdist_group("test_convert_and_compare")
-
 ROOT = fixture_path("..").rsplit("/tests", 1)[0]
 
 

@@ -12,9 +12,6 @@ from detr_jax.reference_layout import reference_arrays
 from detr_jax.torch_io.convert import convert_official
 from detr_jax.torch_io.mapping import model_layout, to_flax
 
-# pytest-xdist: the tests of this module share module-scoped fixtures; one worker sets them up once.
-pytestmark = pytest.mark.xdist_group("test_model_parity")
-
 ATOL = RTOL = 1e-4
 
 

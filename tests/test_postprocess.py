@@ -10,9 +10,6 @@ from detr_jax.panoptic_png import id2rgb, png_bytes, rgb2id
 from detr_jax.postprocess import postprocess_panoptic, postprocess_segm
 from helpers import fixture_path, load_npz
 
-# pytest-xdist: the tests of this module share module-scoped fixtures; one worker sets them up once.
-pytestmark = pytest.mark.xdist_group("test_postprocess")
-
 
 @pytest.fixture(scope="module")
 def pp():

@@ -21,9 +21,6 @@ from detr_jax.data import build_dataset  # noqa: E402
 from detr_jax.data.coco import CocoDetection, CocoPanoptic  # noqa: E402
 from detr_jax.data.tfds_source import STUFF, THINGS, TfdsCoco  # noqa: E402
 
-# pytest-xdist: the tests of this module share module-scoped fixtures; one worker sets them up once.
-pytestmark = pytest.mark.xdist_group("test_tfds_source")
-
 THING_CATEGORIES = [{"id": i, "name": n, "supercategory": "x", "isthing": 1} for i, n in THINGS]
 STUFF_CATEGORIES = [{"id": i, "name": n, "supercategory": "x", "isthing": 0} for i, n in STUFF]
 BOX_ATOL = 1.3e-4  # 2 float32 ulps below 1024 px (see TfdsCoco.__getitem__)

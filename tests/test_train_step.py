@@ -27,9 +27,6 @@ from detr_jax.training.setup import make_criterion
 from detr_jax.training.state import TrainState
 from helpers import fixture_path, load_npz
 
-# pytest-xdist: the tests of this module share the module-scoped runs; one worker makes them once.
-pytestmark = pytest.mark.xdist_group("test_train_step")
-
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 EMA_DECAY = 0.9
 STEPS = 10

@@ -52,7 +52,6 @@ def four_device_run(tmp_path_factory):
   return _losses(workdir)
 
 
-@pytest.mark.xdist_group("four_devices")
 def test_one_and_four_devices_give_the_same_losses(tmp_path, four_device_run):
   _train(tmp_path / "one", 1, *FOUR_DEVICE_ARGS)
   one, four = _losses(tmp_path / "one"), four_device_run
@@ -71,7 +70,6 @@ def test_batch_must_divide_over_devices(tmp_path):
   assert "global batch size 8 must be divisible by the number of devices (3)" in result.stderr
 
 
-@pytest.mark.xdist_group("straight")
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, straight_run):
   steps = 10
   args = [*RESUMABLE, f"--config.total_steps={steps}"]
@@ -155,7 +153,6 @@ def straight_run(tmp_path_factory):
 RESUMABLE = ["--config.model.dropout=0.1", "--config.checkpoint_every=2", *CACHEABLE]
 
 
-@pytest.mark.xdist_group("straight")
 def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, straight_run):
   """5 steps, extended to 7 (from the final checkpoint, not a multiple of checkpoint_every), then
   the latest checkpoint is cut short and the run extended to 10 with a different model setting on
@@ -201,7 +198,6 @@ def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, s
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: no usable checkpoint in {workdir}/checkpoints")
 
 
-@pytest.mark.xdist_group("straight")
 def test_sigterm_saves_and_exits_0_and_the_restart_continues_exactly(tmp_path, straight_run):
   workdir = tmp_path / "run"
   proc = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10", wait=False)
@@ -232,7 +228,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.xdist_group("four_devices")
 def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, four_device_run):
   """2 processes x 2 fake devices on loopback == 1 process x 4 devices (multi-host data split),
   with a SIGTERM to one process mid-run: both stop after the same step, save, exit 0, and the
