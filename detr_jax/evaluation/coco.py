@@ -164,13 +164,7 @@ class CocoEvaluator:
 
 def _pycocotools_stats(gt, detections, iou_type, image_ids):
   """The 12 stats of pycocotools' COCOeval: gt a COCO, detections a dataset dict with scores."""
-  coco_eval = COCOeval(gt, coco_from_dict(detections), iou_type)
-  coco_eval.params.imgIds = image_ids
-  with contextlib.redirect_stdout(io.StringIO()):
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
-  return coco_eval.stats
+  return _summarised(COCOeval(gt, coco_from_dict(detections), iou_type), image_ids)
 
 
 def _hotcoco_stats(gt, detections, iou_type, image_ids):
@@ -180,7 +174,11 @@ def _hotcoco_stats(gt, detections, iou_type, image_ids):
   except ImportError:
     raise UserError("coco_evaluator 'hotcoco' needs the hotcoco package (pip install 'hotcoco>=1.3.0'), or set "
                     "--config.coco_evaluator=pycocotools") from None
-  coco_eval = hotcoco.COCOeval(hotcoco.COCO(gt.dataset), hotcoco.COCO(detections), iou_type)
+  return _summarised(hotcoco.COCOeval(hotcoco.COCO(gt.dataset), hotcoco.COCO(detections), iou_type), image_ids)
+
+
+def _summarised(coco_eval, image_ids):
+  """evaluate, accumulate and summarize (quietly) a COCOeval of either library on `image_ids` -> its 12 stats."""
   coco_eval.params.imgIds = image_ids
   with contextlib.redirect_stdout(io.StringIO()):
     coco_eval.evaluate()
