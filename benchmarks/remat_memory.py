@@ -1,13 +1,16 @@
-"""Memory of one train step for each model.remat setting, from XLA's compiled memory analysis.
+"""Memory of one train step for each model.remat setting: what JAX keeps for the backward pass and
+XLA's compiled memory analysis.
 
-  python benchmarks/remat_memory.py --model detr_resnet50 --batch 4 --size 800 1088
+  python benchmarks/remat_memory.py --model detr_resnet50 --batch 4 --size 800 1088 [--no_compile]
 
-Compiles (never runs) the train step train.py runs (forward, matching, losses, backward, AdamW
-update; dropout on, the official recipe) on this machine's backend for the batch on one device,
-and prints XLA's buffer sizes: temp (activations kept for the backward pass and other scratch:
-what remat trades for recomputation), arguments (train state and batch), outputs. The last line
-is JSON; "temp saved" is against remat none (else the first setting). Each compilation of DETR-R50
-takes minutes on a CPU.
+For the batch on one device, with dropout on (the official recipe), two measures per setting:
+- residuals: the arrays JAX saves in the forward pass for the backward pass of the model
+  (`jax.ad_checkpoint` saved residuals, parameters and inputs excluded), before XLA: what remat
+  trades for recomputation, the same on every backend. Tracing only, seconds.
+- XLA temp, arguments, outputs: buffer sizes of the train step train.py runs (forward, matching,
+  losses, backward, AdamW update), compiled (never run) for this machine's backend. What a
+  device really allocates, after XLA's fusion and scheduling; minutes per setting on a CPU.
+"saved" columns are against remat none (else the first setting). The last line is JSON.
 """
 import argparse
 import json
@@ -15,6 +18,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax._src.ad_checkpoint import saved_residuals  # the list that jax.ad_checkpoint.print_saved_residuals prints
 
 from detr_jax.config import DTYPES, REMAT, VARIANTS, training_config, variant_config
 from detr_jax.models import build_model
@@ -36,13 +41,30 @@ def abstract_batch(batch: int, h: int, w: int, max_objects: int, masks: bool) ->
   return {k: jax.ShapeDtypeStruct((1, *shape), dtype) for k, (shape, dtype) in shapes.items()}
 
 
+def abstract_params(model):
+  init = jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64), bool)
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), *init)["params"]
+
+
+def residual_bytes(model, batch: int, h: int, w: int) -> int:
+  """Bytes of the arrays the model's forward pass saves for its backward pass (training mode)."""
+  def loss(params, images, mask):
+    outputs = model.apply({"params": params}, images, mask, deterministic=False,
+                          rngs={"dropout": jax.random.PRNGKey(0)})
+    return sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(outputs))
+
+  images, mask = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32), jax.ShapeDtypeStruct((batch, h, w), bool)
+  saved = saved_residuals(loss, abstract_params(model), images, mask)
+  return int(sum(np.prod(aval.shape) * aval.dtype.itemsize for aval, source in saved
+                 if "from the argument" not in source))
+
+
 def train_step_memory(model_cfg, batch: int, h: int, w: int, max_objects: int) -> dict:
   """XLA's memory analysis of the compiled train step, in bytes, plus the compile time."""
   config = training_config(global_batch_size=batch, max_objects=max_objects)
   config.model = model_cfg
   model = build_model(model_cfg)
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 64, 64), bool))
-  params = params["params"]
+  params = abstract_params(model)
   tx = make_optimizer(config, params)
   state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), params)
   state = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((1, *s.shape), s.dtype), state)
@@ -64,6 +86,7 @@ def main(argv=None):
   parser.add_argument("--objects", type=int, default=100, help="max_objects: padded targets per image")
   parser.add_argument("--dtype", default="float32", choices=DTYPES)
   parser.add_argument("--remat", nargs="+", default=list(REMAT), choices=REMAT)
+  parser.add_argument("--no_compile", action="store_true", help="only the residuals (no XLA compilation)")
   args = parser.parse_args(argv)
   if min(args.size) < 32 or args.batch < 1 or args.objects < 1:
     parser.error(f"--size must be at least 32 32, --batch and --objects positive; got {args.size[0]} "
@@ -71,17 +94,24 @@ def main(argv=None):
 
   rows = []
   print(f"{args.model}, batch {args.batch} at {args.size[0]}x{args.size[1]}, {args.dtype}, backend "
-        f"{jax.default_backend()} (jax {jax.__version__}): compiled train step, MiB")
-  print(f"{'remat':<12} {'temp':>9} {'arguments':>10} {'outputs':>9} {'temp saved':>11} {'compile s':>10}")
+        f"{jax.default_backend()} (jax {jax.__version__}); MiB")
+  header = f"{'remat':<12} {'residuals':>10} {'saved':>6}"
+  print(header if args.no_compile else
+        f"{header} {'XLA temp':>9} {'saved':>6} {'arguments':>10} {'outputs':>8} {'compile s':>10}")
   for remat in args.remat:
     model_cfg = variant_config(args.model).model
     model_cfg.update(dtype=args.dtype, remat=remat)
-    row = {"remat": remat, **train_step_memory(model_cfg, args.batch, *args.size, args.objects)}
+    row = {"remat": remat, "residuals": residual_bytes(build_model(model_cfg), args.batch, *args.size)}
+    if not args.no_compile:
+      row.update(train_step_memory(model_cfg, args.batch, *args.size, args.objects))
     rows.append(row)
     base = next((r for r in rows if r["remat"] == "none"), rows[0])
-    saved = 1 - row["temp"] / base["temp"]
-    print(f"{remat:<12} {row['temp'] / MIB:>9.0f} {row['arguments'] / MIB:>10.0f} {row['outputs'] / MIB:>9.0f} "
-          f"{saved:>10.0%} {row['compile_s']:>10.1f}", flush=True)
+    saved = lambda key: f"{1 - row[key] / base[key]:>6.0%}"
+    line = f"{remat:<12} {row['residuals'] / MIB:>10.0f} {saved('residuals')}"
+    if not args.no_compile:
+      line += (f" {row['temp'] / MIB:>9.0f} {saved('temp')} {row['arguments'] / MIB:>10.0f} "
+               f"{row['outputs'] / MIB:>8.0f} {row['compile_s']:>10.1f}")
+    print(line, flush=True)
   print(json.dumps({"model": args.model, "size": list(args.size), "batch": args.batch, "dtype": args.dtype,
                     "objects": args.objects, "backend": jax.default_backend(), "jax": jax.__version__,
                     "rows": rows}))
