@@ -137,6 +137,9 @@ def test_finetune_from_a_converted_checkpoint_keeps_the_best_and_stops_early(tmp
           f"stopped after step 4; checkpoint saved in {run / 'checkpoints' / '4'}") in result.stdout.splitlines()
   assert result.stdout.splitlines()[-1].startswith(f"eval: AP {ap}, AP50 ")
   assert "eval: 100%" in result.stderr  # the evaluation's progress bar
+  names = ", ".join(c["name"] for c in fake_coco.CATEGORIES)
+  assert (f"init_from: class head re-initialised for this dataset's 91 classes ({names}); the checkpoint's "
+          f"head for 5 classes is not used") in result.stderr.splitlines()
   assert os.listdir(run / "checkpoints") == ["4"]
 
   assert json.load(open(run / "best" / "best.json")) == {"step": 2, "metric": "eval/AP",

@@ -18,6 +18,7 @@ from detr_jax.evaluation.coco import CocoEvaluator, encode_masks
 from detr_jax.evaluation.panoptic import pq_compute, write_panoptic_predictions
 from detr_jax.postprocess import postprocess_panoptic, postprocess_segm
 from detr_jax.training import step as steps
+from detr_jax.training.processes import sync_processes
 
 
 def _mask_results(out, batch, dataset, segm: bool, panoptic: bool):
@@ -41,6 +42,7 @@ def _gather_boxes(local, global_batch):
   """Box outputs of all processes, in the global stream's order."""
   if jax.process_count() == 1:
     return local
+  sync_processes("eval: boxes ready")  # the processes' shares may take different times
   gathered = multihost_utils.process_allgather(local)  # [P, n, ...]
   b = global_batch // jax.process_count()
   return {k: v.reshape(v.shape[0], -1, b, *v.shape[2:]).swapaxes(0, 1).reshape(-1, *v.shape[2:])
@@ -90,8 +92,7 @@ def evaluate(p_eval, params_repl, dataset, config, out_dir: str, max_pictures: i
       json.dump({"segm": segm_results}, f)
     if panoptic:
       write_panoptic_predictions(panoptic_results, os.path.join(out_dir, "panoptic"), f"panoptic_p{p}.json")
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("eval: mask results written")
+    sync_processes("eval: mask results written")
 
   stats, pictures = {}, []
   rles = {r["image_id"]: r["rles"] for r in _merged(out_dir, "segm_p{}.json", "segm")} if segm else {}

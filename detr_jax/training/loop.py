@@ -13,15 +13,16 @@ from detr_jax.data.stream import build_stream
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.training import step as steps
-from detr_jax.training.train_checkpoints import Checkpointer
 from detr_jax.training.best import best_model
 from detr_jax.training.evaluate import evaluate
 from detr_jax.training.metrics_log import MetricsLog
 from detr_jax.training.optimizer import lr_schedule, make_optimizer
 from detr_jax.training.preemption import StopSignals
+from detr_jax.training.processes import SyncAfterCompile, sync_processes
 from detr_jax.training.setup import (adopt_checkpoint_model, check_fresh_start, check_model_fits_data, dummy_inputs,
                                      eval_model, init_params, make_criterion, usable_checkpoint)
 from detr_jax.training.state import TrainState
+from detr_jax.training.train_checkpoints import Checkpointer
 from detr_jax.visualize import draw_detections, save_grid
 
 
@@ -66,7 +67,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   criterion = make_criterion(config)
   key = jax.random.PRNGKey(config.seed)
   if resume_step is None:
-    params = init_params(config, model, jax.random.fold_in(key, 0))
+    params = init_params(config, model, jax.random.fold_in(key, 0), train_ds.class_names)
     tx = make_optimizer(config, params)
     state = TrainState.create(params, tx, jax.random.fold_in(key, 1), ema=config.ema_decay > 0)
   else:
@@ -85,6 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   p_train, p_eval = steps.pmapped_steps(model, criterion, tx, eval_model(config), config.grad_accum_steps,
                                         config.ema_decay)
+  p_train = SyncAfterCompile(p_train, "train step")
   state_repl = steps.replicate(state, len(devices))
   last_good, saved_step = resume_step, resume_step
   bar = tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
@@ -120,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluations[step], _ = _evaluate_and_draw(p_eval, params, val_ds, config, workdir, step, log)
     if best is not None:
       best.update(step, evaluations[step], steps.unreplicate(params), saved_config)
+    sync_processes(f"evaluated step {step}")  # process 0 drew pictures, wrote the best model
     return best is not None and best.should_stop()
 
   stop_early = best is not None and best.should_stop()  # a rerun of a run that stopped early

@@ -40,16 +40,26 @@ def dummy_inputs(config):
   return jnp.zeros((1, h, w, 3), jnp.float32), jnp.zeros((1, h, w), bool)
 
 
-def init_params(config, model, key):
-  """Random initial parameters, optionally overwritten by `config.init_from`."""
+def init_params(config, model, key, class_names=()):
+  """Random initial parameters, optionally overwritten by `config.init_from` (`class_names`: the
+  dataset's, indexed by class id, named in the line about a re-initialised class head)."""
   params = jax.jit(lambda k: model.init(k, *dummy_inputs(config))["params"])(key)
   params = jax.device_get(params)
   if config.get("init_from"):
-    params = load_initial_weights(config, params)
+    params = load_initial_weights(config, params, class_names)
   return params
 
 
-def load_initial_weights(config, params):
+def _named_classes(class_names, shown: int = 8) -> str:
+  """' (a, b, ... and N more)' for the ids that have a name (not just their number), or ''."""
+  named = [n for i, n in enumerate(class_names) if n != str(i)]
+  if not named:
+    return ""
+  more = f" and {len(named) - shown} more" if len(named) > shown else ""
+  return f" ({', '.join(named[:shown])}{more})"
+
+
+def load_initial_weights(config, params, class_names=()):
   """Weights of a converted or trained checkpoint (or a backbone-only one) replacing the random ones.
 
   A box model's weights initialise the detector inside a panoptic model (stage 2 of the recipe).
@@ -64,19 +74,22 @@ def load_initial_weights(config, params):
     flat_src = {prefix + k[1:]: v for k, v in flat_src.items()}
   elif config.model.masks and not src_cfg.model.masks:  # panoptic stage 2 from the stage-1 box model
     flat_src = {("detr",) + k: v for k, v in flat_src.items()}
-  reinit = []
+  reinit, old_classes = [], None
   for path, value in flat_src.items():
     if path not in flat:
       raise UserError(f"{config.init_from}: parameter {'/'.join(path)} (init_from) does not exist in this model")
     if value.shape != flat[path].shape:
       if "class_embed" in path:
         reinit.append("/".join(path))
+        old_classes = value.shape[-1] - 1
         continue
       raise UserError(f"{config.init_from}: {'/'.join(path)} (init_from) has shape {value.shape}, "
                        f"this model needs {flat[path].shape}")
     flat[path] = value
-  if reinit:
-    print(f"init_from: class head re-initialised for {config.model.num_classes} classes", file=sys.stderr)
+  if reinit and jax.process_index() == 0:
+    print(f"init_from: class head re-initialised for this dataset's {config.model.num_classes} classes"
+          f"{_named_classes(class_names)}; the checkpoint's head for {old_classes} classes is not used",
+          file=sys.stderr)
   return traverse_util.unflatten_dict(flat)
 
 

@@ -16,9 +16,9 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from detr_jax.model_checkpoint import EMA_ITEM, has_ema
+from detr_jax.training.processes import sync_processes
 from detr_jax.training.state import TrainState
 
 ITEMS = ("params", "opt_state", "meta", "config", "data")  # in every checkpoint; EMA_ITEM when kept
@@ -123,8 +123,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(aside, exist_ok=True)
       os.replace(self.step_dir(step), target)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"set_aside {step}")
+    sync_processes(f"set_aside {step}")
     self.manager.close()
     self.manager = self._new_manager()
     return target
