@@ -1,7 +1,18 @@
-"""Shared fixtures (helpers for tests live in helpers.py)."""
+"""Shared fixtures (helpers for tests live in helpers.py), and the order of the test files."""
 import pytest
 
 from helpers import load_npz
+
+# The longest files first: pytest-xdist hands whole files to its workers in collection order
+# (--dist loadfile --no-loadscope-reorder), so no worker is left alone with a long file at the end.
+LONGEST_FIRST = ("test_training.py", "test_multihost.py", "test_panoptic_recipe.py", "test_mixed_precision.py",
+                 "test_convert_and_compare.py", "test_criterion.py", "test_finetune.py", "test_compare_train.py",
+                 "test_predict.py", "test_extra_variants.py", "test_model_parity.py", "test_batch_invariance.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,9 @@
 """Shared test helpers: the public reference data and models filled with fill procedure v1."""
 import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 
 import ml_collections
@@ -15,6 +18,43 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # writes cache files in place, so two processes compiling the same program must not share a folder).
 XLA_CACHE_FLAG = "--config.compilation_cache_dir=" + os.path.join(
     tempfile.gettempdir(), "detr_jax_test_xla", os.environ.get("PYTEST_XDIST_WORKER", "main"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train.py on a tiny synthetic DETR (ResNet-18, d=32, 64x64 images, 8 per batch).
+TINY_TRAIN = ["--config.model.hidden_dim=32", "--config.model.dim_feedforward=64", "--config.model.enc_layers=1",
+              "--config.model.dec_layers=2", "--config.model.num_queries=6", "--config.dataset.image_size=(64, 64)",
+              "--config.dataset.bucket_sides=(64,)", "--config.dataset.num_val=8", "--config.global_batch_size=8",
+              "--config.log_every=1", "--config.eval_every=0", "--config.num_pictures=0", "--config.progress=False",
+              XLA_CACHE_FLAG]
+# The in-graph matcher: unlike the scipy host callback, it lets the persistent XLA cache reuse one
+# compiled train step across the runs of a test (a run then costs ~20 s instead of ~45 s).
+CACHEABLE = ["--config.loss.matcher_backend=optax", "--config.max_objects=6"]
+
+
+def train_cli(workdir, devices, *extra, wait=True, check=True):
+  """train.py on `devices` fake CPU devices with TINY_TRAIN + `extra`: the CompletedProcess (asserting
+  exit 0 when `check`), or with wait=False the running Popen (stdout and stderr merged)."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(workdir), *TINY_TRAIN, *extra]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert not check or result.returncode == 0, result.stdout + result.stderr
+  return result
+
+
+def logged_losses(workdir) -> dict:
+  """{step: loss} of WORKDIR/metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def fixture_path(name: str) -> str:

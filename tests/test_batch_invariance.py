@@ -1,11 +1,11 @@
 """isolate_padding: an image's detections do not depend on the padding its batch adds (docs/parity.md §1.2)."""
-import jax
 import numpy as np
 import pytest
 from flax import traverse_util
 
 from detr_jax.config import model_config
 from detr_jax.models import build_model
+from detr_jax.torch_io.convert import filled_params
 
 
 def _with_batchnorm_shifts(params, seed=0):
@@ -33,7 +33,7 @@ def test_padded_and_unpadded_give_the_same_detections(backbone, dilation):
   mask[0, :h, :w] = False
   mask[1] = False
   isolated, official = build_model(cfg, isolate_padding=True), build_model(cfg)
-  params = _with_batchnorm_shifts(official.init(jax.random.PRNGKey(0), image, np.zeros((1, h, w), bool))["params"])
+  params = _with_batchnorm_shifts(filled_params(cfg))
   alone = official.apply({"params": params}, image, np.zeros((1, h, w), bool))
   in_batch = isolated.apply({"params": params}, padded, mask)
   as_official = official.apply({"params": params}, padded, mask)

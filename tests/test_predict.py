@@ -2,8 +2,6 @@
 every kind of input file, class names."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -16,12 +14,11 @@ from detr_jax.model_checkpoint import save_model
 from detr_jax.coco_categories import DETECTION_NAMES, PANOPTIC_CATEGORIES, panoptic_names
 from detr_jax.config import dataset_config, model_config
 from detr_jax.data.images import to_rgb
-from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
+from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.torch_io.convert import filled_params
 from detr_jax.visualize import draw_detections
-from helpers import XLA_CACHE_FLAG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(backbone="resnet18", hidden_dim=64, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=64,
@@ -160,26 +157,6 @@ def test_masks_of_a_padded_input_line_up_with_the_image():
   areas = {s["category_id"]: s["area"] for s in result["panoptic"]["segments_info"]}
   assert abs(areas[17] / (75 * 100) - 0.5) < 0.02 and areas[17] + areas[184] == 75 * 100
   assert abs(result["masks"][0].mean() - 0.5) < 0.02 and abs(result["masks"][1].mean() - 0.5) < 0.02
-
-
-def test_trained_synthetic_checkpoint_names_synthetic_classes(tmp_path, capsys):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(tmp_path / "w"),
-       "--config.total_steps=2", "--config.model.hidden_dim=32", "--config.model.dim_feedforward=64",
-       "--config.model.enc_layers=1", "--config.model.dec_layers=1", "--config.model.num_queries=6",
-       "--config.dataset.image_size=(64, 64)", "--config.dataset.bucket_sides=(64,)",
-       "--config.dataset.num_val=4", "--config.global_batch_size=4", "--config.num_pictures=0",
-       "--config.progress=False", XLA_CACHE_FLAG], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stdout + result.stderr
-  image = SyntheticShapes(1, image_size=(64, 64), split="val")[0]["image"]
-  Image.fromarray(image).save(tmp_path / "shapes.png")
-  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "w" / "checkpoints" / "2", tmp_path / "shapes.png",
-                            "--out-dir", tmp_path / "out", "--threshold", 0)
-  assert code == 0, err
-  dets = _load(tmp_path / "out" / "shapes.json")["detections"]
-  assert len(dets) == 6  # threshold 0: every query
-  assert all(d["name"] == CLASS_NAMES[d["label"]] for d in dets)
 
 
 def test_coco_category_tables():

@@ -2,11 +2,10 @@
 barrier, not a gloo collective that would time out), and `SyncAfterCompile` compiles once per
 input shape and runs steps whose collectives span both processes."""
 import os
-import socket
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, free_port
 SCRIPT = """
 import sys, time
 import jax, numpy as np
@@ -29,14 +28,8 @@ print("compilations", len(compiles))
 """
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_barrier_waits_for_the_late_process_and_steps_sum_over_both():
-  address = f"localhost:{_free_port()}"
+  address = f"localhost:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i)], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
