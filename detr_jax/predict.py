@@ -1,13 +1,15 @@
 """Run a model checkpoint on images: detections (and panoptic segments) drawn and written as JSON.
 
-  python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N]
+  python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N] \
+      [--dtype float32|bfloat16]
 
 DIR: a converted official checkpoint or a training checkpoint (WORKDIR/checkpoints/<step>). Images
 are prepared as the validation pipeline prepares them (the training config's dataset settings, else
 the official resize to 800, at most 1333) and zero-padded to a bucket shape; the forward pass
 compiles once per bucket shape. The model isolates the padding in its backbone and the masks are
 cropped to the image, so each image gets the results of the model run on it alone, whatever its
-bucket and batch. Per image, in --out-dir:
+bucket and batch. The model computes in float32 (--dtype bfloat16: faster on accelerators, whatever
+the checkpoint was trained with; the parameters are float32 in either case). Per image, in --out-dir:
   <stem>.png           the original image with the detections (score >= threshold; masks for mask models;
                        images of at most 200 px are drawn enlarged 2x or more, for readable labels)
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
@@ -236,12 +238,16 @@ def batches(items, size: int):
     yield chunk
 
 
-def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int) -> int:
-  """Runs the checkpoint on every image of `paths` in batches and writes the outputs; returns the
-  number of files that failed (each reported in one `error: FILE: reason` line)."""
+def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int, dtype: str = "float32") -> int:
+  """Runs the checkpoint on every image of `paths` in batches, computing in `dtype`, and writes the
+  outputs; returns the number of files that failed (each reported in one `error: FILE: reason` line)."""
   config, params = load_model(checkpoint)
   if config.get("backbone_only", False):
     raise UserError(f"{checkpoint} is a backbone-only checkpoint, not a DETR model")
+  with config.unlocked():
+    config.model.dtype = dtype
+    if dtype != "bfloat16" and config.model.get("attention") == "cudnn":
+      config.model.attention = "xla"  # cuDNN's fused attention needs bf16; xla's is exact
   prep, names = preprocessing(config), class_names(config, checkpoint)
   forward = make_forward(build_model(config.model, isolate_padding=True))
   params = jax.device_put(params)
@@ -272,12 +278,14 @@ def main(argv=None) -> int:
   parser.add_argument("--out-dir", default="predictions", help="output directory (default: ./predictions)")
   parser.add_argument("--threshold", type=float, default=0.7, help="keep detections with score >= this")
   parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of convolutions, matmuls and attention (default: float32)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be at least 1")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   try:
-    failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size)
+    failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size, args.dtype)
   except UserError as e:  # a bad checkpoint or output directory
     report(e)
     return 1

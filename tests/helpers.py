@@ -51,6 +51,18 @@ def logged_losses(workdir) -> dict:
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def outputs_of(procs, timeout: float = 600) -> list:
+  """The merged stdout/stderr of each of the Popen `procs` once all have exited 0 (every one is
+  killed if any fails or times out)."""
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0] * len(procs), outputs
+  return outputs
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))

@@ -138,7 +138,7 @@ def test_finetune_from_a_converted_checkpoint_keeps_the_best_and_stops_early(tmp
   assert result.stdout.splitlines()[-1].startswith(f"eval: AP {ap}, AP50 ")
   assert "eval: 100%" in result.stderr  # the evaluation's progress bar
   names = ", ".join(c["name"] for c in fake_coco.CATEGORIES)
-  assert (f"init_from: class head re-initialised for this dataset's 91 classes ({names}); the checkpoint's "
+  assert (f"init_from: class head re-initialised for this dataset's 91 class ids ({names}); the checkpoint's "
           f"head for 5 classes is not used") in result.stderr.splitlines()
   assert os.listdir(run / "checkpoints") == ["4"]
 

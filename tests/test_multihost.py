@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from helpers import CACHEABLE, free_port, logged_losses, train_cli
+from helpers import CACHEABLE, free_port, logged_losses, outputs_of, train_cli
 
 ARGS = ["--config.total_steps=6", "--config.checkpoint_every=2", "--config.num_pictures=2", *CACHEABLE]
 
@@ -23,15 +23,6 @@ def test_two_processes_of_two_devices_equal_one_device(tmp_path):
     multihost = [f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
     return [train_cli(tmp_path / "two", 2, *ARGS, *multihost, f"--process_id={i}", wait=False) for i in range(2)]
 
-  def finish(procs):
-    try:
-      outputs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-      for p in procs:
-        p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    return outputs
-
   procs, metrics = launch(), tmp_path / "two" / "metrics.jsonl"
   deadline = time.time() + 300
   while procs[1].poll() is None and time.time() < deadline:
@@ -39,12 +30,12 @@ def test_two_processes_of_two_devices_equal_one_device(tmp_path):
       break
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
-  outputs = finish(procs)
+  outputs = outputs_of(procs)
   stopped = [line for line in outputs[0].splitlines() if line.startswith("stopped by SIGTERM after step")]
   assert len(stopped) == 1, outputs
   step = int(stopped[0].split("after step ")[1].split(";")[0])
   assert 2 <= step < 6 and str(step) in os.listdir(tmp_path / "two" / "checkpoints")
-  outputs = finish(launch())
+  outputs = outputs_of(launch())
   assert f"resumed from {tmp_path / 'two'}/checkpoints/{step}" in outputs[0]
   two = logged_losses(tmp_path / "two")
   assert sorted(two) == list(range(1, 7))

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT, free_port
+from helpers import ROOT, free_port, outputs_of
 SCRIPT = """
 import sys, time
 import jax, numpy as np
@@ -33,12 +33,7 @@ def test_barrier_waits_for_the_late_process_and_steps_sum_over_both():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, address, str(i)], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert [p.returncode for p in procs] == [0, 0], outputs
+  outputs = outputs_of(procs, timeout=120)
   lines = [dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ")[0] in
                 ("waited", "compilations")) for out in outputs]
   assert float(lines[0]["waited"]) > 2.5 > float(lines[1]["waited"])  # process 0 waited for process 1

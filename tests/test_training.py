@@ -4,6 +4,7 @@ Each run is a subprocess, so that XLA_FLAGS can fake several CPU devices before 
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,16 +104,32 @@ def straight_run(straight_workdir):
   return _losses(straight_workdir)
 
 
-def test_predict_names_the_classes_saved_in_a_training_checkpoint(tmp_path, straight_workdir, capsys):
+def test_predict_names_the_saved_classes_and_computes_in_float32(tmp_path, straight_workdir, capsys):
+  """predict on the straight run's checkpoint: the synthetic class names saved in it; a copy whose
+  config says bfloat16 still gives the float32 detections, unless --dtype bfloat16."""
   image = SyntheticShapes(1, image_size=(64, 64), split="val")[0]["image"]
   Image.fromarray(image).save(tmp_path / "shapes.png")
-  code = predict.main(["--checkpoint", str(straight_workdir / "checkpoints" / "10"), str(tmp_path / "shapes.png"),
-                       "--out-dir", str(tmp_path / "out"), "--threshold", "0"])
-  assert code == 0, capsys.readouterr().err
-  with open(tmp_path / "out" / "shapes.json") as f:
-    dets = json.load(f)["detections"]
+  checkpoint, bf16 = straight_workdir / "checkpoints" / "10", tmp_path / "bf16"
+  shutil.copytree(checkpoint, bf16)
+  with open(bf16 / "config" / "metadata") as f:
+    saved = json.load(f)
+  saved["model"]["dtype"] = "bfloat16"
+  with open(bf16 / "config" / "metadata", "w") as f:
+    json.dump(saved, f)
+
+  def detections(checkpoint, out, *extra):
+    code = predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "shapes.png"), "--out-dir", str(tmp_path / out),
+                         "--threshold", "0", *extra])
+    assert code == 0, capsys.readouterr().err
+    with open(tmp_path / out / "shapes.json") as f:
+      return json.load(f)["detections"]
+
+  dets = detections(checkpoint, "f32")
   assert len(dets) == 6  # threshold 0: every query
   assert all(d["name"] == CLASS_NAMES[d["label"]] for d in dets)
+  assert detections(bf16, "default") == dets
+  in_bf16 = [d["score"] for d in detections(bf16, "bf16", "--dtype", "bfloat16")]
+  assert in_bf16 != [d["score"] for d in dets] and np.allclose(in_bf16, [d["score"] for d in dets], atol=0.05)
 
 
 RESUMABLE = ["--config.model.dropout=0.1", "--config.checkpoint_every=2", *CACHEABLE]

@@ -87,7 +87,7 @@ def load_initial_weights(config, params, class_names=()):
                        f"this model needs {flat[path].shape}")
     flat[path] = value
   if reinit and jax.process_index() == 0:
-    print(f"init_from: class head re-initialised for this dataset's {config.model.num_classes} classes"
+    print(f"init_from: class head re-initialised for this dataset's {config.model.num_classes} class ids"
           f"{_named_classes(class_names)}; the checkpoint's head for {old_classes} classes is not used",
           file=sys.stderr)
   return traverse_util.unflatten_dict(flat)
