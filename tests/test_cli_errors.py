@@ -203,7 +203,7 @@ def test_fake_coco_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
 def test_fake_coco_ctrl_c_leaves_nothing(tmp_path):
   """Ctrl-C while images are being written: exit 130, one line, and the temporary folder is removed."""
   root = tmp_path / "data"
-  process = subprocess.Popen([sys.executable, "-m", "detr_jax.data.fake_coco", str(root), "--train", "5000", "--size",
+  process = subprocess.Popen([sys.executable, "-m", "detr_jax.data.fake_coco", str(root), "--train", "100000", "--size",
                               "64", "64"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 120
   while not list(tmp_path.glob(".data.*.tmp/train2017/*.jpg")) and time.monotonic() < deadline:

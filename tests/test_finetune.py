@@ -22,7 +22,7 @@ from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.training.best import BestModel, best_model
 from detr_jax.training.metrics_log import display_value
-from helpers import XLA_CACHE_FLAG
+from helpers import XLA_CACHE_FLAG, train_env
 from test_tensorboard import read_events, scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +124,7 @@ def test_finetune_from_a_converted_checkpoint_keeps_the_best_and_stops_early(tmp
           "--config.global_batch_size=4", "--config.max_objects=8", "--config.lr=0", "--config.lr_backbone=0",
           "--config.total_steps=8", "--config.eval_every=2", "--config.checkpoint_every=0", "--config.log_every=1",
           "--config.num_pictures=2", "--config.early_stopping_evals=1", XLA_CACHE_FLAG]
-  result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=train_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   rows = [json.loads(line) for line in open(run / "metrics.jsonl")]

@@ -11,7 +11,7 @@ from detr_jax import model_checkpoint
 from detr_jax.config import load_config_file
 from detr_jax.data import fake_coco
 from detr_jax.torch_io.convert import filled_params
-from helpers import XLA_CACHE_FLAG
+from helpers import XLA_CACHE_FLAG, train_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_dim=128", "--config.model.dim_feedforward=64",
@@ -22,7 +22,7 @@ TINY = ["--config.model.hidden_dim=128", "--config.model.dim_feedforward=64",
 
 
 def _train(workdir, *extra):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = train_env(2)
   result = subprocess.run([sys.executable, "train.py", "--config", "configs/synthetic.py", "--workdir", str(workdir),
                            *TINY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr

@@ -17,51 +17,12 @@ from PIL import Image
 from detr_jax import predict
 from detr_jax.data.synthetic import CLASS_NAMES, SyntheticShapes
 
-from helpers import CACHEABLE, ROOT, TINY_TRAIN as TINY, logged_losses as _losses, train_cli as _train
+from helpers import CACHEABLE, ROOT, TINY_TRAIN as TINY, logged_losses as _losses, train_cli as _train, train_env
 
 def test_batch_must_divide_over_devices(tmp_path):
   result = _train(tmp_path, 3, "--config.total_steps=1", check=False)
   assert result.returncode == 1
   assert "global batch size 8 must be divisible by the number of devices (3)" in result.stderr
-
-
-def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, straight_run):
-  steps = 10
-  args = [*RESUMABLE, f"--config.total_steps={steps}"]
-  proc = _train(tmp_path / "killed", 1, *args, wait=False)
-  metrics = tmp_path / "killed" / "metrics.jsonl"
-  deadline = time.time() + 300
-  # Kill without warning once the run is past its checkpoint at step 2 (metrics for step 5 written).
-  while proc.poll() is None and time.time() < deadline:
-    if metrics.exists() and '{"step": 5,' in metrics.read_text():
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-  result = _train(tmp_path / "killed", 1, *args)
-  assert "resumed from" in result.stdout + result.stderr
-  straight, resumed = straight_run, _losses(tmp_path / "killed")
-  assert sorted(resumed) == list(range(1, steps + 1))
-  np.testing.assert_array_equal([resumed[s] for s in range(1, steps + 1)], [straight[s] for s in range(1, steps + 1)])
-
-
-def test_init_from_imagenet_backbone(tmp_path):
-  """A converted torchvision ResNet-18 initialises the backbone; its frozen stem stays as loaded."""
-  from detr_jax import model_checkpoint
-  from detr_jax.fill import fill_v1
-  from detr_jax.torch_io import save_pth
-  from detr_jax.torch_io.mapping import resnet_layout
-
-  import convert_torch_weights
-  state = fill_v1([(e.key, e.shape) for e in resnet_layout("resnet18")] + [("fc.weight", (1000, 512))], seed=5)
-  save_pth(state, str(tmp_path / "r18.pth"))
-  assert convert_torch_weights.main([str(tmp_path / "r18.pth"), str(tmp_path / "r18")]) == 0
-  _train(tmp_path / "run", 1, "--config.total_steps=1", "--config.checkpoint_every=0", *CACHEABLE,
-         f"--config.init_from={tmp_path / 'r18'}")
-  _, params = model_checkpoint.load_model(str(tmp_path / "run" / "checkpoints" / "1"))
-  np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])
 
 
 def _params_finite(step_dir):
@@ -92,11 +53,43 @@ def test_divergence_never_writes_a_non_finite_checkpoint(tmp_path, backend):
 
 
 @pytest.fixture(scope="module")
-def straight_workdir(tmp_path_factory):
-  """10 steps with dropout, the reference for the extended, damaged and interrupted runs."""
+def imagenet_r18(tmp_path_factory):
+  """(checkpoint directory, torch state dict) of a converted torchvision ResNet-18 (fill procedure weights)."""
+  from detr_jax.fill import fill_v1
+  from detr_jax.torch_io import save_pth
+  from detr_jax.torch_io.mapping import resnet_layout
+
+  import convert_torch_weights
+  directory = tmp_path_factory.mktemp("imagenet")
+  state = fill_v1([(e.key, e.shape) for e in resnet_layout("resnet18")] + [("fc.weight", (1000, 512))], seed=5)
+  save_pth(state, str(directory / "r18.pth"))
+  assert convert_torch_weights.main([str(directory / "r18.pth"), str(directory / "r18")]) == 0
+  return directory / "r18", state
+
+
+@pytest.fixture(scope="module")
+def resumable(imagenet_r18):
+  """Settings of the runs compared with the straight run: dropout on, a checkpoint every 2 steps,
+  the backbone initialised from the converted ResNet-18."""
+  return ["--config.model.dropout=0.1", "--config.checkpoint_every=2", *CACHEABLE,
+          f"--config.init_from={imagenet_r18[0]}"]
+
+
+@pytest.fixture(scope="module")
+def straight_workdir(tmp_path_factory, resumable):
+  """10 steps, the reference for the extended, damaged and interrupted runs."""
   workdir = tmp_path_factory.mktemp("straight")
-  _train(workdir, 1, *RESUMABLE, "--config.total_steps=10")
+  _train(workdir, 1, *resumable, "--config.total_steps=10")
   return workdir
+
+
+def test_init_from_an_imagenet_backbone_keeps_the_frozen_stem(straight_workdir, imagenet_r18):
+  """The converted torchvision ResNet-18 initialised the backbone; its frozen stem stays as loaded."""
+  from detr_jax import model_checkpoint
+  _, state = imagenet_r18
+  _, params = model_checkpoint.load_model(str(straight_workdir / "checkpoints" / "10"))
+  np.testing.assert_array_equal(params["backbone"]["conv1"]["kernel"], state["conv1.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(params["backbone"]["layer3_1"]["bn2"]["var"], state["layer3.1.bn2.running_var"])
 
 
 @pytest.fixture(scope="module")
@@ -132,25 +125,22 @@ def test_predict_names_the_saved_classes_and_computes_in_float32(tmp_path, strai
   assert in_bf16 != [d["score"] for d in dets] and np.allclose(in_bf16, [d["score"] for d in dets], atol=0.05)
 
 
-RESUMABLE = ["--config.model.dropout=0.1", "--config.checkpoint_every=2", *CACHEABLE]
-
-
-def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, straight_run):
+def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, straight_run, resumable):
   """5 steps, extended to 7 (from the final checkpoint, not a multiple of checkpoint_every), then
   the latest checkpoint is cut short and the run extended to 10 with a different model setting on
   the command line: the damaged checkpoint is moved aside, the run resumes from the one before
   with the checkpoint's own model, and the losses are those of a straight 10-step run, bit for bit."""
   workdir = tmp_path / "run"
-  _train(workdir, 1, *RESUMABLE, "--config.total_steps=5")
+  _train(workdir, 1, *resumable, "--config.total_steps=5")
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "5"]
-  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=7")
+  result = _train(workdir, 1, *resumable, "--config.total_steps=7")
   assert "resumed from" in result.stdout and "/checkpoints/5" in result.stdout
   assert sorted(os.listdir(workdir / "checkpoints")) == ["5", "6", "7"]
   biggest = max((os.path.join(r, f) for r, _, fs in os.walk(workdir / "checkpoints" / "7" / "params") for f in fs),
                 key=os.path.getsize)
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10", "--config.model.dim_feedforward=128")
+  result = _train(workdir, 1, *resumable, "--config.total_steps=10", "--config.model.dim_feedforward=128")
   err = result.stderr.splitlines()
   damaged = [line for line in err if "is damaged" in line]
   assert len(damaged) == 1 and f"{workdir}/checkpoints/7 is damaged" in damaged[0], result.stderr
@@ -180,26 +170,43 @@ def test_extend_a_finished_run_then_resume_past_a_damaged_checkpoint(tmp_path, s
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: no usable checkpoint in {workdir}/checkpoints")
 
 
-def test_sigterm_saves_and_exits_0_and_the_restart_continues_exactly(tmp_path, straight_run):
-  workdir = tmp_path / "run"
-  proc = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10", wait=False)
-  metrics = workdir / "metrics.jsonl"
+def _wait_for_step(proc, metrics, step):
+  """Returns once the run has logged `step` (or has ended, or after 300 s)."""
   deadline = time.time() + 300
   while proc.poll() is None and time.time() < deadline:
-    if metrics.exists() and '{"step": 3,' in metrics.read_text():
-      break
+    if metrics.exists() and f'{{"step": {step},' in metrics.read_text():
+      return
     time.sleep(0.05)
+
+
+def test_sigterm_then_sigkill_then_resume_reproduce_the_uninterrupted_run(tmp_path, straight_run, resumable):
+  """SIGTERM saves a checkpoint after the current step and exits 0 with a line saying where; the
+  restart continues from it, is killed without warning (SIGKILL) past its next checkpoint, and the
+  run resumed from there ends with the straight run's losses, bit for bit."""
+  workdir, metrics = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
+  args = [*resumable, "--config.total_steps=10"]
+  proc = _train(workdir, 1, *args, wait=False)
+  _wait_for_step(proc, metrics, 3)
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out
   stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM after step")]
   assert len(stopped) == 1, out
   step = int(stopped[0].split("after step ")[1].split(";")[0])
-  assert 3 <= step < 10 and f"checkpoint saved in {workdir}/checkpoints/{step}" in stopped[0]
+  assert 3 <= step <= 6 and f"checkpoint saved in {workdir}/checkpoints/{step}" in stopped[0]
   assert str(step) in os.listdir(workdir / "checkpoints")
-  result = _train(workdir, 1, *RESUMABLE, "--config.total_steps=10")
-  assert f"resumed from {workdir}/checkpoints/{step}" in result.stdout
+
+  proc = _train(workdir, 1, *args, wait=False)
+  _wait_for_step(proc, metrics, 9)  # past the checkpoint at step 8
+  proc.send_signal(signal.SIGKILL)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert f"resumed from {workdir}/checkpoints/{step}" in out
+
+  result = _train(workdir, 1, *args)
+  assert "resumed from" in result.stdout
   ours = _losses(workdir)
+  assert sorted(ours) == list(range(1, 11))
   np.testing.assert_array_equal([ours[s] for s in range(1, 11)], [straight_run[s] for s in range(1, 11)])
 
 
@@ -220,7 +227,7 @@ def test_train_and_evaluate_on_a_coco_format_folder(tmp_path):
           "--config.dataset.workers=0", "--config.model.backbone=resnet18", *TINY[:5],
           "--config.global_batch_size=4", "--config.total_steps=3", "--config.log_every=1", "--config.num_pictures=2",
           "--config.progress=False", "--config.max_objects=8"]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  env = train_env(2)
   result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
@@ -245,7 +252,7 @@ def test_panoptic_stage_2_needs_init_from(tmp_path):
   """Training only the mask head on a random frozen detector is refused before any work."""
   result = subprocess.run([sys.executable, "train.py", "--config", "configs/detr_resnet50_panoptic.py",
                            "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          env=train_env())
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines() == [
       "error: freeze_detr (panoptic stage 2) trains only the mask head: set init_from to the stage-1 box "
