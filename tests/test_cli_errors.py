@@ -204,7 +204,9 @@ def test_fake_coco_ctrl_c_leaves_nothing(tmp_path):
   """Ctrl-C while images are being written: exit 130, one line, and the temporary folder is removed."""
   root = tmp_path / "data"
   process = subprocess.Popen([sys.executable, "-m", "detr_jax.data.fake_coco", str(root), "--train", "100000", "--size",
-                              "64", "64"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "64", "64"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # as from a terminal: pytest-xdist's workers ignore SIGINT, and children inherit that
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.monotonic() + 120
   while not list(tmp_path.glob(".data.*.tmp/train2017/*.jpg")) and time.monotonic() < deadline:
     time.sleep(0.05)
