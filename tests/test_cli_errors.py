@@ -207,11 +207,14 @@ def test_fake_coco_ctrl_c_leaves_nothing(tmp_path):
                               "64", "64"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              # as from a terminal: pytest-xdist's workers ignore SIGINT, and children inherit that
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-  deadline = time.monotonic() + 120
-  while not list(tmp_path.glob(".data.*.tmp/train2017/*.jpg")) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  process.send_signal(signal.SIGINT)
-  out, err = process.communicate(timeout=60)
+  try:
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".data.*.tmp/train2017/*.jpg")) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+  finally:
+    process.kill()  # never left writing images after a failure
   assert (process.returncode, out, err) == (130, "", "interrupted\n")
   assert list(tmp_path.iterdir()) == []
 
