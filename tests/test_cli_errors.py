@@ -203,10 +203,12 @@ def test_fake_coco_write_failure_leaves_nothing(tmp_path, capsys, monkeypatch):
 def test_fake_coco_ctrl_c_leaves_nothing(tmp_path):
   """Ctrl-C while images are being written: exit 130, one line, and the temporary folder is removed."""
   root = tmp_path / "data"
-  process = subprocess.Popen([sys.executable, "-m", "detr_jax.data.fake_coco", str(root), "--train", "100000", "--size",
-                              "64", "64"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             # as from a terminal: pytest-xdist's workers ignore SIGINT, and children inherit that
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  # Ctrl-C as from a terminal: pytest-xdist's workers ignore SIGINT and children inherit that, so the
+  # child first restores Python's handler (KeyboardInterrupt).
+  run = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "sys.argv[0] = 'fake_coco'; runpy.run_module('detr_jax.data.fake_coco', run_name='__main__')")
+  process = subprocess.Popen([sys.executable, "-c", run, str(root), "--train", "100000", "--size", "64", "64"],
+                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".data.*.tmp/train2017/*.jpg")) and time.monotonic() < deadline:
