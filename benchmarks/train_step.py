@@ -20,31 +20,18 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from detr_jax.config import MATCHER_BACKENDS, VARIANTS, load_config_file, training_config, variant_config
 from detr_jax.models import build_model
 from detr_jax.torch_io.convert import filled_params
 from detr_jax.training import step as steps
 from detr_jax.training.optimizer import make_optimizer
+from detr_jax.training.profile import synthetic_batch
 from detr_jax.training.setup import make_criterion
 from detr_jax.training.state import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = ("float32", "bfloat16")
-
-
-def random_batch(batch: int, h: int, w: int, objects: int, num_classes: int, max_objects: int, masks: bool):
-  rng = np.random.default_rng(0)
-  centres = rng.uniform(0.2, 0.8, (batch, max_objects, 2))
-  sizes = rng.uniform(0.05, 0.3, (batch, max_objects, 2))
-  out = {"images": rng.normal(size=(batch, h, w, 3)).astype(np.float32), "mask": np.zeros((batch, h, w), bool),
-         "labels": rng.integers(1, num_classes, (batch, max_objects)).astype(np.int32),
-         "boxes": np.concatenate([centres, sizes], -1).astype(np.float32),
-         "valid": np.arange(max_objects)[None].repeat(batch, 0) < objects}
-  if masks:
-    out["masks"] = rng.random((batch, max_objects, h, w)) < 0.1
-  return out
 
 
 def model_config_of(name: str):
@@ -89,7 +76,7 @@ def main(argv=None):
   model, tx = build_model(config.model), make_optimizer(config, params)
   p_train, _ = steps.pmapped_steps(model, make_criterion(config), tx)
   state = steps.replicate(TrainState.create(params, tx, jax.random.PRNGKey(0)), n)
-  batch = steps.shard(random_batch(args.batch * n, *args.size, args.objects, config.model.num_classes,
+  batch = steps.shard(synthetic_batch(args.batch * n, *args.size, args.objects, config.model.num_classes,
                                    config.max_objects, config.model.masks), n)
   start = time.perf_counter()
   train = p_train.lower(state, batch).compile()

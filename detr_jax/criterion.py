@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from detr_jax.matcher import match
+from detr_jax.matcher import match, target_costs
 from detr_jax.ops.boxes import cxcywh_to_xyxy, generalized_box_iou
 from detr_jax.ops.resize import resize_bilinear
 
@@ -128,6 +128,15 @@ def loss_masks(pred_masks, query_for_target, tgt_masks, valid, num_boxes):
   return focal, dice
 
 
+def every_layer(outputs):
+  """(logits [L, B, Q, C+1], boxes [L, B, Q, 4]) of the aux layers (first) and the final one."""
+  logits, boxes = outputs["pred_logits"][None], outputs["pred_boxes"][None]
+  if "aux_pred_logits" in outputs:
+    logits = jnp.concatenate([outputs["aux_pred_logits"], logits])
+    boxes = jnp.concatenate([outputs["aux_pred_boxes"], boxes])
+  return logits, boxes
+
+
 @dataclasses.dataclass(frozen=True)
 class SetCriterion:
   """The official SetCriterion (weights and matcher costs as in the official build() defaults).
@@ -160,11 +169,11 @@ class SetCriterion:
 
   def match(self, outputs, targets):
     """Matching of every layer (aux layers first, final last) -> query_for_target int32 [L, B, M]."""
-    logits, boxes = outputs["pred_logits"][None], outputs["pred_boxes"][None]
-    if "aux_pred_logits" in outputs:
-      logits = jnp.concatenate([outputs["aux_pred_logits"], logits])
-      boxes = jnp.concatenate([outputs["aux_pred_boxes"], boxes])
-    return match(logits, boxes, targets, self.cost_class, self.cost_bbox, self.cost_giou, self.matcher_backend)
+    return match(*every_layer(outputs), targets, self.cost_class, self.cost_bbox, self.cost_giou, self.matcher_backend)
+
+  def match_costs(self, outputs, targets):
+    """The matching costs [L, B, Q, M] that `match` assigns on."""
+    return target_costs(*every_layer(outputs), targets, self.cost_class, self.cost_bbox, self.cost_giou)
 
   def layer_losses(self, logits, boxes, query_for_target, targets, num_boxes, suffix="", axis_name=None,
                    weight_sum=None):

@@ -40,7 +40,7 @@ def matching_cost(logits, boxes, labels, tgt_boxes, cost_class=1.0, cost_bbox=5.
   return cost_bbox * l1_cost + cost_class * class_cost + cost_giou * giou_cost
 
 
-def _assign_scipy(cost, valid):
+def assign_scipy(cost, valid):
   """Host callback: cost [..., L, B, Q, M], valid [..., B, M] -> query_for_target int32 [..., L, B, M]."""
   cost, valid = np.asarray(cost), np.asarray(valid, bool)
   num_layers, batch, num_queries, slots = cost.shape[-4:]
@@ -86,7 +86,7 @@ def assign(cost, valid, backend="scipy"):
     return jnp.zeros(cost.shape[:-2] + (0,), jnp.int32)
   if backend == "scipy":
     shape = jax.ShapeDtypeStruct(cost.shape[:-2] + cost.shape[-1:], jnp.int32)
-    return jax.pure_callback(_assign_scipy, shape, cost, valid, vmap_method="broadcast_all")
+    return jax.pure_callback(assign_scipy, shape, cost, valid, vmap_method="broadcast_all")
   if backend == "optax":
     return _assign_optax(cost, valid)
   raise ValueError(f"unknown matcher backend {backend!r}; expected one of {BACKENDS}")
@@ -99,8 +99,12 @@ def match(logits, boxes, targets, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0, 
   matched to target j of image b in layer l, -1 for padded slots. More valid targets than queries is
   an error.
   """
-  valid = jnp.asarray(targets["valid"], bool)
-  labels = jnp.where(valid, targets["labels"], 0).astype(jnp.int32)
-  cost = matching_cost(jax.lax.stop_gradient(logits), jax.lax.stop_gradient(boxes), labels, targets["boxes"],
+  cost = target_costs(logits, boxes, targets, cost_class, cost_bbox, cost_giou)
+  return assign(cost, jnp.asarray(targets["valid"], bool), backend)
+
+
+def target_costs(logits, boxes, targets, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
+  """`matching_cost` [L, B, Q, M] of `match`'s arguments (no gradient; padded slots cost as class 0)."""
+  labels = jnp.where(jnp.asarray(targets["valid"], bool), targets["labels"], 0).astype(jnp.int32)
+  return matching_cost(jax.lax.stop_gradient(logits), jax.lax.stop_gradient(boxes), labels, targets["boxes"],
                        cost_class, cost_bbox, cost_giou)
-  return assign(cost, valid, backend)

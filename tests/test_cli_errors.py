@@ -241,6 +241,10 @@ def _script(path):
     ("train_step.py", ["--batch", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 800 "
                                         "1088, 0, 10, 7"),
     ("train_step.py", ["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    ("profile_step.py", ["--reps", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 512 "
+                                         "683, 2, 0, 8"),
+    ("profile_step.py", ["--model", "detr_resnet50_panoptic"], "--model detr_resnet50_panoptic: the profile covers "
+                                                               "box models (no mask head)"),
     ("panoptic_inference.py", ["--kept", "100"], "--mask-queries must be in 0..100 and --kept in 1..99, got 0 25 "
                                                  "and 100"),  # was: IndexError
     ("panoptic_inference.py", ["--mask-queries", "-3"], "--mask-queries must be in 0..100 and --kept in 1..99, got "

@@ -1,0 +1,213 @@
+"""Where a train step's time goes: the step cut into parts, each timed as its own jitted function.
+
+Method: timed sub-functions. Each part is jit-compiled on its own (compile excluded) and timed as
+the median of `reps` calls, each waiting for its result. The backward parts are `jax.vjp` of the
+part's forward (so they include that forward, as the step does), fed the cotangents that the real
+step would feed them. The added parts are:
+
+  host -> device   `device_put` of the step's batch (images, mask, padded targets)
+  backbone         ResNet forward + backward (gradients of the trained weights only, as the
+                   optimizer prunes the frozen ones)
+  transformer      input_proj, position encoding, encoder and decoder: forward + backward, dropout on
+  heads            class and box heads on every decoder layer: forward + backward
+  criterion        matching costs, the matcher, the losses: forward + backward w.r.t. the outputs
+  optimizer        the gradients' all-reduce, frozen-gradient mask, norm clipping, AdamW, the
+                   parameter update, the finiteness check
+
+Rows marked "(in ...)" are contained in an added part: a forward alone, the dropout masks (the
+transformer with dropout minus without) and the matcher's host callback (scipy on the cost
+matrices). XLA cannot fuse across the parts, and the whole step also checks finiteness and
+averages over devices, so the parts add up to the step only approximately; the table shows both.
+Box models only (no mask head).
+"""
+import dataclasses
+import statistics
+import time
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from detr_jax import matcher
+from detr_jax.models import build_model
+from detr_jax.models.backbone import ResNet
+from detr_jax.models.transformer import Transformer
+from detr_jax.training import step as steps
+from detr_jax.training.optimizer import FROZEN, make_optimizer, param_labels
+from detr_jax.training.setup import make_criterion
+from detr_jax.training.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  name: str
+  seconds: float
+  added: bool  # False: contained in an added part
+  method: str
+
+
+def synthetic_batch(batch: int, h: int, w: int, objects: int, num_classes: int, max_objects: int, masks: bool):
+  """Random normalised images [batch, h, w, 3], no padding, and `objects` random targets per image
+  (of `max_objects` slots); masks: random target masks [batch, max_objects, h, w]."""
+  rng = np.random.default_rng(0)
+  centres = rng.uniform(0.2, 0.8, (batch, max_objects, 2))
+  sizes = rng.uniform(0.05, 0.3, (batch, max_objects, 2))
+  out = {"images": rng.normal(size=(batch, h, w, 3)).astype(np.float32), "mask": np.zeros((batch, h, w), bool),
+         "labels": rng.integers(1, num_classes, (batch, max_objects)).astype(np.int32),
+         "boxes": np.concatenate([centres, sizes], -1).astype(np.float32),
+         "valid": np.arange(max_objects)[None].repeat(batch, 0) < objects}
+  if masks:
+    out["masks"] = rng.random((batch, max_objects, h, w)) < 0.1
+  return out
+
+
+def median_seconds(fn: Callable, *args, reps: int) -> float:
+  """Median wall time of fn(*args) over `reps` calls after one warm-up, each waited for."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _replacing(outputs_of: dict):
+  """An interceptor that returns outputs_of[module class] instead of calling that module."""
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and type(context.module) in outputs_of:
+      return outputs_of[type(context.module)]
+    return next_fun(*args, **kwargs)
+  return interceptor
+
+
+def _split(params, keep):
+  """(the leaves where keep(path), the others) of a nested dict, both flat."""
+  flat = traverse_util.flatten_dict(params)
+  return ({p: v for p, v in flat.items() if keep(p)}, {p: v for p, v in flat.items() if not keep(p)})
+
+
+def _joined(*flats):
+  return traverse_util.unflatten_dict({k: v for flat in flats for k, v in flat.items()})
+
+
+def _grad_timer(fn, primals: tuple, others: tuple, cotangent, reps: int) -> float:
+  """Seconds of fn(*primals, *others)'s forward + backward (vjp w.r.t. `primals`), fed `cotangent`.
+  Every input is an argument of the jitted function, so that XLA folds nothing into constants."""
+  backward = jax.jit(lambda p, o, ct: jax.vjp(lambda *x: fn(*x, *o), *p)[1](ct))
+  return median_seconds(backward, primals, others, cotangent, reps=reps)
+
+
+def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list[Part], float]:
+  """(parts, the whole train step's median seconds) for one device's `batch` (host numpy arrays as
+  from `synthetic_batch`) under `config` (a training config, box model)."""
+  if config.model.masks:
+    raise ValueError("the train-step profile covers box models; this config has model.masks")
+  model, criterion = build_model(config.model), make_criterion(config)
+  tx = make_optimizer(config, params)
+  key = jax.random.PRNGKey(0)
+  targets = {k: batch[k] for k in steps.TARGET_KEYS if k in batch}
+  labels = traverse_util.flatten_dict(param_labels(params, config.lr_backbone, config.freeze_detr,
+                                                   config.freeze_stem))
+
+  p_train, _ = steps.pmapped_steps(model, criterion, tx)
+  state = steps.replicate(TrainState.create(params, tx, key), 1)
+  sharded = steps.shard(batch, 1)
+  whole = p_train.lower(state, sharded).compile()
+  state, _ = whole(state, sharded)  # donated: the next call uses the new state
+  times = []
+  for _ in range(reps + 1):
+    start = time.perf_counter()
+    state, metrics = whole(state, sharded)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times[1:])
+
+  parts = [Part("host -> device", median_seconds(jax.device_put, sharded, reps=reps), True, "jax.device_put")]
+  # Backbone: the trained weights are differentiated, the frozen ones are constants.
+  resnet = ResNet(model.backbone, model.dilation, model.dtype, model.remat_backbone)
+  trained, frozen = _split(params["backbone"], lambda p: labels[("backbone", *p)] != FROZEN)
+  images, mask = jnp.asarray(batch["images"]), jnp.asarray(batch["mask"])
+
+  def backbone(trained, frozen, images, mask):
+    return resnet.apply({"params": _joined(trained, frozen)}, images, mask if model.isolate_padding else None)
+
+  levels = jax.jit(backbone)(trained, frozen, images, mask)
+  parts.append(Part("backbone forward", median_seconds(jax.jit(backbone), trained, frozen, images, mask, reps=reps),
+                    False, "(in backbone)"))
+
+  # The rest of the model, with the backbone's (and for the heads the transformer's) outputs put in
+  # place of those modules' calls.
+  rest = {k: v for k, v in params.items() if k != "backbone"}
+  stub = jnp.zeros((images.shape[0], 1, 1, 3), images.dtype)
+
+  def transformer(p, last_level, mask, key, deterministic=False):
+    replaced = {ResNet: [*map(jnp.zeros_like, levels[:-1]), last_level]}
+    with nn.intercept_methods(_replacing(replaced)):
+      _, state = model.apply({"params": p}, stub, mask, deterministic=deterministic, rngs={"dropout": key},
+                             mutable=["intermediates"])
+    return state["intermediates"]["hs"][0]
+
+  def heads(p, hs, mask):
+    memory = jnp.zeros((*levels[-1].shape[:3], model.hidden_dim), model.transformer_config.dtype)
+    replaced = {ResNet: [*map(jnp.zeros_like, levels)], Transformer: (hs, memory)}
+    with nn.intercept_methods(_replacing(replaced)):
+      return model.apply({"params": p}, stub, mask)
+
+  def loss(outputs, targets):
+    return criterion(outputs, targets)[0]
+
+  # The cotangents that the step's backward pass feeds each part.
+  hs = jax.jit(transformer)(rest, levels[-1], mask, key)
+  outputs = jax.jit(heads)(rest, hs, mask)
+  outputs_ct = jax.jit(jax.grad(loss))(outputs, targets)
+  hs_ct = jax.jit(lambda p, h, m, ct: jax.vjp(lambda h: heads(p, h, m), h)[1](ct)[0])(rest, hs, mask, outputs_ct)
+  level_ct = jax.jit(lambda p, x, m, k, ct: jax.vjp(lambda x: transformer(p, x, m, k), x)[1](ct)[0])(
+      rest, levels[-1], mask, key, hs_ct)
+
+  last_level = lambda trained, frozen, images, mask: backbone(trained, frozen, images, mask)[-1]
+  parts.append(Part("backbone", _grad_timer(last_level, (trained,), (frozen, images, mask), level_ct, reps),
+                    True, "jax.vjp (trained weights)"))
+  parts.append(Part("transformer forward", median_seconds(jax.jit(transformer), rest, levels[-1], mask, key,
+                                                          reps=reps), False, "(in transformer)"))
+  with_dropout = _grad_timer(transformer, (rest, levels[-1]), (mask, key), hs_ct, reps)
+  parts.append(Part("transformer", with_dropout, True, "jax.vjp"))
+  deterministic = lambda p, x, m, k: transformer(p, x, m, k, deterministic=True)
+  without = _grad_timer(deterministic, (rest, levels[-1]), (mask, key), hs_ct, reps)
+  parts.append(Part("dropout", with_dropout - without, False, "(in transformer: with - without dropout)"))
+  parts.append(Part("heads", _grad_timer(heads, (rest, hs), (mask,), outputs_ct, reps), True, "jax.vjp"))
+  parts.append(Part("criterion", median_seconds(jax.jit(jax.grad(loss)), outputs, targets, reps=reps), True,
+                    f"jax.grad w.r.t. the outputs ({criterion.matcher_backend} matcher)"))
+  if criterion.matcher_backend == "scipy":
+    costs = np.asarray(jax.jit(criterion.match_costs)(outputs, targets))
+    host = lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"]))
+    parts.append(Part("matcher host callback", median_seconds(host, reps=reps), False,
+                      "(in criterion: scipy linear_sum_assignment)"))
+
+  # The step's tail, pmapped as in the step: gradient all-reduce, update, finiteness check.
+  def update(grads, opt_state, params):
+    grads = jax.lax.pmean(grads, steps.AXIS)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, steps.all_finite(updates)
+
+  tail = jax.pmap(update, axis_name=steps.AXIS)
+  tail_args = steps.replicate((jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params), 1)
+  parts.append(Part("optimizer", median_seconds(tail, *tail_args, reps=reps), True,
+                    "pmean of the gradients, optax update + apply_updates, finiteness check"))
+  return parts, step_s
+
+
+def format_table(parts: list[Part], step_s: float) -> str:
+  """The parts, their sum and the whole step, with each one's share of the step."""
+  rows = [(p.name, p.seconds, p.method) for p in parts]
+  added = sum(p.seconds for p in parts if p.added)
+  rows += [("sum of the added parts", added, ""), ("whole train step", step_s, "pmapped, as train.py runs it")]
+  width = max(len(r[0]) for r in rows)
+  lines = [f"{'part':<{width}}  {'seconds':>9}  {'share':>6}  method", "-" * (width + 40)]
+  for name, seconds, method in rows:
+    lines.append(f"{name:<{width}}  {seconds:9.4f}  {seconds / step_s:6.1%}  {method}")
+  return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""The train-step profile (detr_jax/training/profile.py): its parts add up to the whole step."""
+import os
+
+from detr_jax.config import load_config_file
+from detr_jax.torch_io.convert import filled_params
+from detr_jax.training.profile import format_table, profile_train_step, synthetic_batch
+from helpers import ROOT
+
+ADDED = ("host -> device", "backbone", "transformer", "heads", "criterion", "optimizer")
+
+
+def test_parts_add_up_to_the_step():
+  config = load_config_file(os.path.join(ROOT, "configs", "synthetic.py"))
+  config.model.update(hidden_dim=32, dim_feedforward=64, enc_layers=1, dec_layers=1, num_queries=6, dropout=0.1)
+  config.global_batch_size = 2
+  batch = synthetic_batch(2, 128, 128, 3, config.model.num_classes, config.max_objects, False)
+  parts, step_s = profile_train_step(config, filled_params(config.model), batch, reps=7)
+  by_name = {p.name: p for p in parts}
+  assert [p.name for p in parts if p.added] == list(ADDED)
+  assert {"backbone forward", "transformer forward", "dropout", "matcher host callback"} <= set(by_name)
+  assert all(p.seconds > 0 for p in parts if p.added)
+  assert by_name["backbone forward"].seconds < by_name["backbone"].seconds
+  added = sum(p.seconds for p in parts if p.added)
+  assert abs(added - step_s) <= 0.2 * step_s, format_table(parts, step_s)
+  table = format_table(parts, step_s)
+  assert table.splitlines()[-1].split()[:4] == ["whole", "train", "step", f"{step_s:.4f}"]
