@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax.architecture import BBOX_MLP_LAYERS
-from detr_jax.models.backbone import ResNet, downsample_mask
+from detr_jax.models.backbone import Conv1x1, ResNet, downsample_mask
 from detr_jax.models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from detr_jax.models.transformer import Transformer, TransformerConfig
 
@@ -69,7 +69,7 @@ class DETR(nn.Module):
     else:
       pos_embed = PositionEmbeddingLearned(self.hidden_dim // 2, name="position_embedding")
     pos = pos_embed(masks[-1])
-    src_proj = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name="input_proj")(levels[-1])
+    src_proj = Conv1x1(self.hidden_dim, dtype=self.dtype, name="input_proj")(levels[-1])
     query_embed = nn.Embed(self.num_queries, self.hidden_dim, embedding_init=nn.initializers.normal(1.0),
                            name="query_embed")(jnp.arange(self.num_queries))
     hs, memory = Transformer(self.transformer_config, name="transformer")(

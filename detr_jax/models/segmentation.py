@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax.architecture import MASK_HEAD_GROUPS, mask_head_widths
+from detr_jax.models.backbone import Conv1x1
 from detr_jax.models.detr import DETR
 from detr_jax.ops.resize import resize_nearest
 
@@ -68,7 +69,7 @@ class MaskHeadSmallConv(nn.Module):
 
     x = conv_gn_relu(conv_gn_relu(x, 1), 2)
     for k, fpn in enumerate(fpns, start=1):
-      adapted = nn.Conv(dims[k], (1, 1), dtype=self.dtype, name=f"adapter{k}")(fpn)
+      adapted = Conv1x1(dims[k], dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
       fh, fw = adapted.shape[1:3]
       x = resize_nearest(x, (fh, fw)).reshape(b, nq, fh, fw, -1) + adapted[:, None]
