@@ -47,7 +47,7 @@ def postprocess_segm(pred_masks, processed_sizes, orig_target_sizes, threshold=0
   return results
 
 
-def _softmax(x, axis=-1):
+def softmax(x, axis=-1):
   """float32 softmax as torch CPU computes it: exp(x - max) * (1 / sum)."""
   e = np.exp(x - x.max(axis, keepdims=True))
   return e * (np.float32(1) / e.sum(axis, keepdims=True))
@@ -60,7 +60,7 @@ def _ids_and_areas(masks, size, target_size, merge):
   to the first of each list.
   """
   if len(masks):
-    ids = _softmax(masks.reshape(len(masks), -1).T).argmax(-1).reshape(size)
+    ids = softmax(masks.reshape(len(masks), -1).T).argmax(-1).reshape(size)
   else:
     ids = np.zeros(size, np.int64)
   for equiv in merge:
@@ -70,8 +70,11 @@ def _ids_and_areas(masks, size, target_size, merge):
   return ids, [int((ids == k).sum()) for k in range(len(masks))]
 
 
+PANOPTIC_THRESHOLD = 0.85  # the official PostProcessPanoptic keeps queries whose top score is above this
+
+
 def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, target_sizes=None,
-                         is_thing_map=None, threshold=0.85, mask_query_index=None):
+                         is_thing_map=None, threshold=PANOPTIC_THRESHOLD, mask_query_index=None):
   """The official PostProcessPanoptic, on the host.
 
   pred_logits [B, Q, C+1], pred_masks [B, Q, h4, w4] logits, pred_boxes [B, Q, 4] (unused by the result, as in the
@@ -91,7 +94,7 @@ def postprocess_panoptic(pred_logits, pred_masks, pred_boxes, processed_sizes, t
       np.asarray(mask_query_index)
   for cur_logits, cur_masks, cur_index, size, target_size in zip(
       logits, all_masks, index, np.asarray(processed_sizes).tolist(), np.asarray(target_sizes).tolist()):
-    probs = _softmax(cur_logits)
+    probs = softmax(cur_logits)
     scores, labels = probs.max(-1), probs.argmax(-1)
     keep = (labels != logits.shape[-1] - 1) & (scores > threshold)
     classes = labels[keep]

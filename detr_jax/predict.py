@@ -1,7 +1,7 @@
 """Run a model checkpoint on images: detections (and panoptic segments) drawn and written as JSON.
 
   python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N] \
-      [--dtype float32|bfloat16]
+      [--dtype float32|bfloat16] [--mask-queries 25]
 
 DIR: a converted official checkpoint or a training checkpoint (WORKDIR/checkpoints/<step>). Images
 are prepared as the validation pipeline prepares them (the training config's dataset settings, else
@@ -9,7 +9,10 @@ the official resize to 800, at most 1333) and zero-padded to a bucket shape; the
 compiles once per bucket shape. The model isolates the padding in its backbone and the masks are
 cropped to the image, so each image gets the results of the model run on it alone, whatever its
 bucket and batch. The model computes in float32 (--dtype bfloat16: faster on accelerators, whatever
-the checkpoint was trained with; the parameters are float32 in either case). Per image, in --out-dir:
+the checkpoint was trained with; the parameters are float32 in either case). Mask models compute
+the masks of the --mask-queries likeliest queries only (the mask head is most of their time), and
+run a batch again with every query's mask when its results need another one, so the outputs are
+those of the full model. Per image, in --out-dir:
   <stem>.png           the original image with the detections (score >= threshold; masks for mask models;
                        images of at most 200 px are drawn enlarged 2x or more, for readable labels)
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
@@ -54,9 +57,10 @@ from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.data.transforms import apply_plan, plan_val
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
-from detr_jax.postprocess import postprocess_boxes, postprocess_panoptic, postprocess_segm
+from detr_jax.postprocess import PANOPTIC_THRESHOLD, postprocess_boxes, postprocess_panoptic, postprocess_segm, softmax
 from detr_jax.visualize import draw_detections, draw_panoptic
 
+MASK_QUERIES = 25  # mask models: masks for this many likeliest queries (see predict)
 MASK_STRIDE = 4  # pred_masks cells per input pixel side: the backbone's layer1 resolution
 
 
@@ -145,10 +149,33 @@ def make_forward(model):
   def forward(params, images, mask, orig_size):
     outputs = model.apply({"params": params}, images, mask)
     scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], orig_size)
-    keys = ("pred_logits", "pred_boxes", "pred_masks")
+    keys = ("pred_logits", "pred_boxes", "pred_masks", "mask_query_index")
     return {**{k: outputs[k] for k in keys if k in outputs}, "scores": scores, "labels": labels, "boxes": boxes}
 
   return jax.jit(forward)
+
+
+def masks_cover(out: dict, threshold: float) -> bool:
+  """Whether the masks of a model built with mask_queries (out["mask_query_index"] [B, K]) include
+  every query that the results use: the detections (score >= threshold) and the queries the
+  panoptic post-processing keeps (top class not no-object, top score > PANOPTIC_THRESHOLD)."""
+  probs = softmax(np.asarray(out["pred_logits"], np.float32))
+  needed = (out["scores"] >= threshold) | ((probs.argmax(-1) != probs.shape[-1] - 1) &
+                                           (probs.max(-1) > PANOPTIC_THRESHOLD))
+  computed = np.zeros(needed.shape, bool)
+  np.put_along_axis(computed, out["mask_query_index"], True, axis=1)
+  return bool((computed | ~needed).all())
+
+
+def every_query_masks(out: dict) -> dict:
+  """`out` with pred_masks [B, K, h, w] of the queries mask_query_index [B, K] spread to [B, Q, h, w]
+  (zeros for the queries without a mask, which `masks_cover` says no result uses)."""
+  if "mask_query_index" not in out:
+    return out
+  masks, index = out["pred_masks"], out["mask_query_index"]
+  spread = np.zeros((masks.shape[0], out["pred_logits"].shape[1], *masks.shape[2:]), masks.dtype)
+  np.put_along_axis(spread, index[:, :, None, None], masks, axis=1)
+  return {**{k: v for k, v in out.items() if k != "mask_query_index"}, "pred_masks": spread}
 
 
 def crop_masks(pred_masks, size):
@@ -238,9 +265,13 @@ def batches(items, size: int):
     yield chunk
 
 
-def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int, dtype: str = "float32") -> int:
+def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int, dtype: str = "float32",
+            mask_queries: int = MASK_QUERIES) -> int:
   """Runs the checkpoint on every image of `paths` in batches, computing in `dtype`, and writes the
-  outputs; returns the number of files that failed (each reported in one `error: FILE: reason` line)."""
+  outputs; returns the number of files that failed (each reported in one `error: FILE: reason` line).
+
+  Mask models compute masks for the `mask_queries` likeliest queries only (0: all); a batch whose
+  results need a mask outside them (`masks_cover`) is run again with every query's mask."""
   config, params = load_model(checkpoint)
   if config.get("backbone_only", False):
     raise UserError(f"{checkpoint} is a backbone-only checkpoint, not a DETR model")
@@ -249,7 +280,9 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
     if dtype != "bfloat16" and config.model.get("attention") == "cudnn":
       config.model.attention = "xla"  # cuDNN's fused attention needs bf16; xla's is exact
   prep, names = preprocessing(config), class_names(config, checkpoint)
-  forward = make_forward(build_model(config.model, isolate_padding=True))
+  forward = every_query = make_forward(build_model(config.model, isolate_padding=True))
+  if config.model.masks and 0 < mask_queries < config.model.num_queries:
+    forward = make_forward(build_model(config.model, isolate_padding=True, mask_queries=mask_queries))
   params = jax.device_put(params)
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -260,7 +293,11 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
   failed = []
   for chunk in batches(readable_images(paths, failed), batch_size):
     batch = prepare_batch([image for _, image in chunk], prep)
-    out = jax.device_get(forward(params, batch["images"], batch["mask"], batch["orig_size"]))
+    inputs = (params, batch["images"], batch["mask"], batch["orig_size"])
+    out = jax.device_get(forward(*inputs))
+    if "mask_query_index" in out and not masks_cover(out, threshold):
+      out = jax.device_get(every_query(*inputs))
+    out = every_query_masks(out)
     for i, (path, image) in enumerate(chunk):
       result = image_results(out, i, batch["size"][i], batch["orig_size"][i], threshold, config)
       try:
@@ -280,12 +317,18 @@ def main(argv=None) -> int:
   parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="compute dtype of convolutions, matmuls and attention (default: float32)")
+  parser.add_argument("--mask-queries", type=int, default=MASK_QUERIES,
+                      help=f"mask models: compute masks for the K likeliest queries only, 0 = all (default: "
+                           f"{MASK_QUERIES}; a batch that needs more is run again with all)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be at least 1")
+  if args.mask_queries < 0:
+    parser.error(f"--mask-queries must be >= 0, got {args.mask_queries}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   try:
-    failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size, args.dtype)
+    failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size, args.dtype,
+                     args.mask_queries)
   except UserError as e:  # a bad checkpoint or output directory
     report(e)
     return 1

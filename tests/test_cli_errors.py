@@ -299,3 +299,9 @@ def test_dump_torch_reference_bad_inputs(tmp_path, capsys):
     assert _dump_error(["--detr-repo", tmp_path, "--model", "detr_resnet50", "--fill-seed", "1", "--inputs", path,
                         "--out-reference", tmp_path / "ref.npz"], capsys) == \
         "dump_torch_reference: error: " + message.format(path)
+
+
+def test_predict_negative_mask_queries(capsys):
+  from detr_jax import predict
+  line = _usage_error(predict.main, ["--checkpoint", "none", "x.png", "--mask-queries", "-1"], capsys)
+  assert line == "python -m detr_jax.predict: error: --mask-queries must be >= 0, got -1"

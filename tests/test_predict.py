@@ -348,3 +348,35 @@ def test_json_leaves_out_detections_with_non_finite_numbers(tmp_path):
     raise AssertionError(f"{name} in the JSON")
   record = json.loads((tmp_path / "photo.json").read_text(), parse_constant=no_constants)
   assert record["detections"] == [{"label": 1, "name": "1", "score": pytest.approx(0.9), "box_xyxy": [1, 2, 10, 12]}]
+
+
+def test_masks_of_the_likeliest_queries_give_the_full_models_results(tmp_path, monkeypatch):
+  """--mask-queries K: masks for K queries, spread back to all; a batch needing more runs again with all."""
+  config = ml_collections.ConfigDict({
+      "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),
+      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(128,)),
+      "class_names": panoptic_names(250)})
+  params = filled_params(config.model, seed=3)
+  head = params["detr"]["class_embed"]
+  head["bias"][[17, 184]] += 30.0
+  head["kernel"][:, [17, 184]] *= 30.0
+  save_model(str(tmp_path / "ckpt"), config, params)
+  _image(tmp_path / "scene.png", 75, 100, 4)
+  calls = []
+  make_forward = predict.make_forward
+
+  def recording(model):  # which model each forward call runs: its mask_queries
+    forward = make_forward(model)
+    return lambda *inputs: calls.append(model.mask_queries) or forward(*inputs)
+
+  monkeypatch.setattr(predict, "make_forward", recording)
+  records = {}
+  for k in (0, 1, 7):
+    calls.clear()
+    assert predict.predict(str(tmp_path / "ckpt"), [str(tmp_path / "scene.png")], str(tmp_path / f"k{k}"), 0.5, 1,
+                           mask_queries=k) == 0
+    records[k] = (_load(tmp_path / f"k{k}" / "scene.json"), calls[:])
+  full = records[0][0]
+  assert 1 < len(full["detections"]) < 7 and len(full["segments_info"]) >= 2
+  assert [calls for _, calls in records.values()] == [[0], [1, 0], [7]]  # K = 1 is too few: run again with all
+  assert records[1][0] == full and records[7][0] == full
