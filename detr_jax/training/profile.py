@@ -1,7 +1,8 @@
 """Where a train step's time goes: the step cut into parts, each timed as its own jitted function.
 
 Method: timed sub-functions. Each part is jit-compiled on its own (compile excluded) and timed as
-the median of `reps` calls, each waiting for its result. The backward parts are `jax.vjp` of the
+the median of `reps` calls, each waiting for its result; the calls are interleaved (`reps` rounds,
+each calling the whole step and every part once), so that a passing load weighs on all alike. The backward parts are `jax.vjp` of the
 part's forward (so they include that forward, as the step does), fed the cotangents that the real
 step would feed them. The added parts are:
 
@@ -65,15 +66,19 @@ def synthetic_batch(batch: int, h: int, w: int, objects: int, num_classes: int, 
   return out
 
 
-def median_seconds(fn: Callable, *args, reps: int) -> float:
-  """Median wall time of fn(*args) over `reps` calls after one warm-up, each waited for."""
-  jax.block_until_ready(fn(*args))
-  times = []
+def interleaved_medians(thunks: list, reps: int) -> list[float]:
+  """Median wall time of each thunk (each call waited for), measured in `reps` rounds that call
+  every thunk once, after one warm-up round: a load that comes and goes on a shared machine
+  then weighs on every thunk alike."""
+  for thunk in thunks:
+    jax.block_until_ready(thunk())
+  times = [[] for _ in thunks]
   for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for thunk, spent in zip(thunks, times):
+      start = time.perf_counter()
+      jax.block_until_ready(thunk())
+      spent.append(time.perf_counter() - start)
+  return [statistics.median(spent) for spent in times]
 
 
 def _replacing(outputs_of: dict):
@@ -95,11 +100,11 @@ def _joined(*flats):
   return traverse_util.unflatten_dict({k: v for flat in flats for k, v in flat.items()})
 
 
-def _grad_timer(fn, primals: tuple, others: tuple, cotangent, reps: int) -> float:
-  """Seconds of fn(*primals, *others)'s forward + backward (vjp w.r.t. `primals`), fed `cotangent`.
+def _backward(fn, primals: tuple, others: tuple, cotangent):
+  """A thunk of fn(*primals, *others)'s forward + backward (vjp w.r.t. `primals`), fed `cotangent`.
   Every input is an argument of the jitted function, so that XLA folds nothing into constants."""
   backward = jax.jit(lambda p, o, ct: jax.vjp(lambda *x: fn(*x, *o), *p)[1](ct))
-  return median_seconds(backward, primals, others, cotangent, reps=reps)
+  return lambda: backward(primals, others, cotangent)
 
 
 def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list[Part], float]:
@@ -118,16 +123,13 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
   state = steps.replicate(TrainState.create(params, tx, key), 1)
   sharded = steps.shard(batch, 1)
   whole = p_train.lower(state, sharded).compile()
-  state, _ = whole(state, sharded)  # donated: the next call uses the new state
-  times = []
-  for _ in range(reps + 1):
-    start = time.perf_counter()
-    state, metrics = whole(state, sharded)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = statistics.median(times[1:])
+  state_box = [whole(state, sharded)[0]]  # donated: each call uses the state the last one returned
 
-  parts = [Part("host -> device", median_seconds(jax.device_put, sharded, reps=reps), True, "jax.device_put")]
+  def whole_step():
+    state_box[0], metrics = whole(state_box[0], sharded)
+    return metrics
+
+  timed = [("host -> device", lambda: jax.device_put(sharded), True, "jax.device_put")]  # (name, thunk, added, method)
   # Backbone: the trained weights are differentiated, the frozen ones are constants.
   resnet = ResNet(model.backbone, model.dilation, model.dtype, model.remat_backbone)
   trained, frozen = _split(params["backbone"], lambda p: labels[("backbone", *p)] != FROZEN)
@@ -137,8 +139,8 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
     return resnet.apply({"params": _joined(trained, frozen)}, images, mask if model.isolate_padding else None)
 
   levels = jax.jit(backbone)(trained, frozen, images, mask)
-  parts.append(Part("backbone forward", median_seconds(jax.jit(backbone), trained, frozen, images, mask, reps=reps),
-                    False, "(in backbone)"))
+  backbone_forward = jax.jit(backbone)
+  timed.append(("backbone forward", lambda: backbone_forward(trained, frozen, images, mask), False, "(in backbone)"))
 
   # The rest of the model, with the backbone's (and for the heads the transformer's) outputs put in
   # place of those modules' calls.
@@ -170,23 +172,22 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
       rest, levels[-1], mask, key, hs_ct)
 
   last_level = lambda trained, frozen, images, mask: backbone(trained, frozen, images, mask)[-1]
-  parts.append(Part("backbone", _grad_timer(last_level, (trained,), (frozen, images, mask), level_ct, reps),
-                    True, "jax.vjp (trained weights)"))
-  parts.append(Part("transformer forward", median_seconds(jax.jit(transformer), rest, levels[-1], mask, key,
-                                                          reps=reps), False, "(in transformer)"))
-  with_dropout = _grad_timer(transformer, (rest, levels[-1]), (mask, key), hs_ct, reps)
-  parts.append(Part("transformer", with_dropout, True, "jax.vjp"))
+  timed.append(("backbone", _backward(last_level, (trained,), (frozen, images, mask), level_ct), True,
+                "jax.vjp (trained weights)"))
+  transformer_forward = jax.jit(transformer)
+  timed.append(("transformer forward", lambda: transformer_forward(rest, levels[-1], mask, key), False,
+                "(in transformer)"))
+  timed.append(("transformer", _backward(transformer, (rest, levels[-1]), (mask, key), hs_ct), True, "jax.vjp"))
   deterministic = lambda p, x, m, k: transformer(p, x, m, k, deterministic=True)
-  without = _grad_timer(deterministic, (rest, levels[-1]), (mask, key), hs_ct, reps)
-  parts.append(Part("dropout", with_dropout - without, False, "(in transformer: with - without dropout)"))
-  parts.append(Part("heads", _grad_timer(heads, (rest, hs), (mask,), outputs_ct, reps), True, "jax.vjp"))
-  parts.append(Part("criterion", median_seconds(jax.jit(jax.grad(loss)), outputs, targets, reps=reps), True,
-                    f"jax.grad w.r.t. the outputs ({criterion.matcher_backend} matcher)"))
+  timed.append(("without dropout", _backward(deterministic, (rest, levels[-1]), (mask, key), hs_ct), False, ""))
+  timed.append(("heads", _backward(heads, (rest, hs), (mask,), outputs_ct), True, "jax.vjp"))
+  criterion_grad = jax.jit(jax.grad(loss))
+  timed.append(("criterion", lambda: criterion_grad(outputs, targets), True,
+                f"jax.grad w.r.t. the outputs ({criterion.matcher_backend} matcher)"))
   if criterion.matcher_backend == "scipy":
     costs = np.asarray(jax.jit(criterion.match_costs)(outputs, targets))
-    host = lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"]))
-    parts.append(Part("matcher host callback", median_seconds(host, reps=reps), False,
-                      "(in criterion: scipy linear_sum_assignment)"))
+    timed.append(("matcher host callback", lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"])), False,
+                  "(in criterion: scipy linear_sum_assignment)"))
 
   # The step's tail, pmapped as in the step: gradient all-reduce, update, finiteness check.
   def update(grads, opt_state, params):
@@ -196,8 +197,18 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
 
   tail = jax.pmap(update, axis_name=steps.AXIS)
   tail_args = steps.replicate((jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params), 1)
-  parts.append(Part("optimizer", median_seconds(tail, *tail_args, reps=reps), True,
-                    "pmean of the gradients, optax update + apply_updates, finiteness check"))
+  timed.append(("optimizer", lambda: tail(*tail_args), True,
+                "pmean of the gradients, optax update + apply_updates, finiteness check"))
+
+  seconds = interleaved_medians([whole_step] + [thunk for _, thunk, _, _ in timed], reps)
+  step_s, by_name = seconds[0], {name: t for (name, _, _, _), t in zip(timed, seconds[1:])}
+  parts = []
+  for name, _, added, method in timed:
+    if name == "without dropout":
+      parts.append(Part("dropout", by_name["transformer"] - by_name[name], False,
+                        "(in transformer: with - without dropout)"))
+    else:
+      parts.append(Part(name, by_name[name], added, method))
   return parts, step_s
 
 
