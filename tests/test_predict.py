@@ -114,17 +114,22 @@ def test_default_preprocessing_and_buckets():
   assert batch["images"].shape == (1, 128, 64, 3) and batch["size"].tolist() == [[70, 64]]
 
 
-def test_panoptic_model_writes_segments(tmp_path, capsys):
-  """A 250-class mask model whose class head favours cat (thing) and tree-merged (stuff)."""
+def _cat_and_tree_checkpoint(path, bucket_sides):
+  """Saves a 250-class mask model whose class head favours cat (thing) and tree-merged (stuff)."""
   config = ml_collections.ConfigDict({
       "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),  # GroupNorm(8) of d/16
-      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(64, 128, 192)),
+      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=bucket_sides),
       "class_names": panoptic_names(250)})
   params = filled_params(config.model, seed=3)
   head = params["detr"]["class_embed"]
   head["bias"][[17, 184]] += 30.0
   head["kernel"][:, [17, 184]] *= 30.0
-  save_model(str(tmp_path / "ckpt"), config, params)
+  save_model(str(path), config, params)
+
+
+def test_panoptic_model_writes_segments(tmp_path, capsys):
+  """A 250-class mask model whose class head favours cat (thing) and tree-merged (stuff)."""
+  _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(64, 128, 192))
   image = _image(tmp_path / "scene.png", 75, 100, 4)
   code, out, err = _predict(capsys, "--checkpoint", tmp_path / "ckpt", tmp_path / "scene.png", "--out-dir",
                             tmp_path, "--threshold", 0.5)
@@ -352,15 +357,7 @@ def test_json_leaves_out_detections_with_non_finite_numbers(tmp_path):
 
 def test_masks_of_the_likeliest_queries_give_the_full_models_results(tmp_path, monkeypatch):
   """--mask-queries K: masks for K queries, spread back to all; a batch needing more runs again with all."""
-  config = ml_collections.ConfigDict({
-      "model": model_config(**{**TINY, "hidden_dim": 128}, num_classes=250, masks=True),
-      "dataset": dataset_config(name="coco_panoptic", val_size=96, max_size=160, bucket_sides=(128,)),
-      "class_names": panoptic_names(250)})
-  params = filled_params(config.model, seed=3)
-  head = params["detr"]["class_embed"]
-  head["bias"][[17, 184]] += 30.0
-  head["kernel"][:, [17, 184]] *= 30.0
-  save_model(str(tmp_path / "ckpt"), config, params)
+  _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(128,))
   _image(tmp_path / "scene.png", 75, 100, 4)
   calls = []
   make_forward = predict.make_forward
