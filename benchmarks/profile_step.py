@@ -45,6 +45,8 @@ def main(argv=None):
     config.model = variant_config(args.model).model
   if config.model.masks:
     parser.error(f"--model {args.model}: the profile covers box models (no mask head)")
+  if args.objects > config.model.num_queries:
+    parser.error(f"--objects {args.objects}: more than --model {args.model}'s {config.model.num_queries} queries")
   config.model.update(dropout=args.dropout, dtype=args.dtype)
   config.loss.matcher_backend = args.matcher
   batch = synthetic_batch(args.batch, *args.size, args.objects, config.model.num_classes, config.max_objects, False)

@@ -11,7 +11,7 @@ TPU or CPU). The compile (XLA, ahead of the first step) and the first step are r
 the median of --reps timed steps; images/s counts all devices' images. `--model synthetic` is the
 small model of configs/synthetic.py (ResNet-18, 2+2 layers, d=128), e.g. for a quick check on CPU:
 
-  python benchmarks/train_step.py --model synthetic --size 64 64 --batch 2 --reps 2
+  python benchmarks/train_step.py --model synthetic --size 128 128 --batch 2 --objects 3 --reps 2
 """
 import argparse
 import json
@@ -67,6 +67,8 @@ def main(argv=None):
   config = training_config(global_batch_size=args.batch * n, max_objects=max(args.objects, 1))
   config.model = model_config_of(args.model)
   config.model.dropout = args.dropout
+  if args.objects > config.model.num_queries:
+    parser.error(f"--objects {args.objects}: more than --model {args.model}'s {config.model.num_queries} queries")
   if args.dtype != "float32":
     if "dtype" not in config.model:
       parser.error(f"--dtype {args.dtype}: this version's model config has no dtype field")
