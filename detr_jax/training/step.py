@@ -103,14 +103,20 @@ def eval_step(params, batch, *, model):
 
 
 def pmapped_steps(model, criterion, tx, eval_model=None, grad_accum_steps=1, ema_decay=0.0):
-  """(p_train_step, p_eval_step) over all local devices; the train state is donated.
+  """(p_train_step, p_eval_step) over all local devices.
 
   eval_model: the model evaluated (same parameters, e.g. with isolate_padding), default `model`.
   grad_accum_steps, ema_decay: see `train_step`.
+  The train state is donated on accelerators (where memory is scarce), not on the CPU: there XLA
+  fuses the Adam moments' update into the parameters' update as well, so that the fusion reads the
+  old moments after their in-place update, and it copies every trained parameter's moments (and,
+  through the finiteness check, the parameters) ahead of the update instead: 0.7 s of a 4.6 s
+  DETR-R50 step (batch 2, 512x683, this project's 2-core CPU).
   """
+  donate = (0,) if jax.default_backend() != "cpu" else ()
   p_train = jax.pmap(functools.partial(train_step, model=model, criterion=criterion, tx=tx,
                                        grad_accum_steps=grad_accum_steps, ema_decay=ema_decay),
-                     axis_name=AXIS, donate_argnums=(0,))
+                     axis_name=AXIS, donate_argnums=donate)
   p_eval = jax.pmap(functools.partial(eval_step, model=eval_model or model), axis_name=AXIS)
   return p_train, p_eval
 
