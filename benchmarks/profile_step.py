@@ -5,8 +5,8 @@
 
 One device's step of the official recipe on random targets (as benchmarks/train_step.py), cut into
 host -> device, backbone, transformer, heads, criterion and optimizer, each jit-compiled alone and
-timed (median of --reps); see detr_jax/training/profile.py for what each part holds. Prints a table
-and the whole step's time, which the added parts should roughly sum to.
+timed (the fastest of --reps interleaved rounds); see detr_jax/training/profile.py for what each
+part holds. Prints a table and the whole step's time, which the added parts should roughly sum to.
 """
 import argparse
 import json
@@ -56,7 +56,7 @@ def main(argv=None):
                     "reps": args.reps, "step_s": round(step_s, 4),
                     "parts": {p.name: round(p.seconds, 4) for p in parts},
                     "added_sum_s": round(sum(p.seconds for p in parts if p.added), 4),
-                    "method": "timed sub-functions (jax.jit each, median)", "backend": jax.default_backend(),
+                    "method": "timed sub-functions (jax.jit each, fastest of interleaved rounds)", "backend": jax.default_backend(),
                     "jax": jax.__version__}))
 
 

@@ -1,10 +1,10 @@
 """Where a train step's time goes: the step cut into parts, each timed as its own jitted function.
 
 Method: timed sub-functions. Each part is jit-compiled on its own (compile excluded) and timed as
-the median of `reps` calls, each waiting for its result; the calls are interleaved (`reps` rounds,
-each calling the whole step and every part once), so that a passing load weighs on all alike. The backward parts are `jax.vjp` of the
-part's forward (so they include that forward, as the step does), fed the cotangents that the real
-step would feed them. The added parts are:
+the fastest of `reps` calls, each waiting for its result; the calls are interleaved (`reps` rounds,
+each calling the whole step and every part once), so that a passing load weighs on all alike. The
+backward parts are `jax.vjp` of the part's forward (so they include that forward, as the step
+does), fed the cotangents that the real step would feed them. The added parts are:
 
   host -> device   `device_put` of the step's batch (images, mask, padded targets)
   backbone         ResNet forward + backward (gradients of the trained weights only, as the
@@ -13,24 +13,23 @@ step would feed them. The added parts are:
   heads            class and box heads on every decoder layer: forward + backward
   criterion        matching costs, the matcher, the losses: forward + backward w.r.t. the outputs
   optimizer        the gradients' all-reduce, frozen-gradient mask, norm clipping, AdamW, the
-                   parameter update, the finiteness check
+                   parameter update, the finiteness check: the whole step minus the step without
+                   its update (the trained weights' gradients), as XLA fuses the update into the
+                   backward pass
 
 Rows marked "(in ...)" are contained in an added part: a forward alone, the dropout masks (the
 transformer with dropout minus without) and the matcher's host callback (scipy on the cost
-matrices). XLA cannot fuse across the parts, and the whole step also checks finiteness and
-averages over devices, so the parts add up to the step only approximately; the table shows both.
+matrices). XLA cannot fuse across the parts, so the parts add up to the step only approximately;
+the table shows both.
 Box models only (no mask head).
 """
 import dataclasses
-import statistics
 import time
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
 from detr_jax import matcher
@@ -66,10 +65,10 @@ def synthetic_batch(batch: int, h: int, w: int, objects: int, num_classes: int, 
   return out
 
 
-def interleaved_medians(thunks: list, reps: int) -> list[float]:
-  """Median wall time of each thunk (each call waited for), measured in `reps` rounds that call
-  every thunk once, after one warm-up round: a load that comes and goes on a shared machine
-  then weighs on every thunk alike."""
+def interleaved_fastest(thunks: list, reps: int) -> list[float]:
+  """The fastest wall time of each thunk (each call waited for) in `reps` rounds that call every
+  thunk once, after one warm-up round. On a shared machine other load only ever adds time, and
+  it comes and goes: the fastest of interleaved calls is what each thunk costs on its own."""
   for thunk in thunks:
     jax.block_until_ready(thunk())
   times = [[] for _ in thunks]
@@ -78,7 +77,7 @@ def interleaved_medians(thunks: list, reps: int) -> list[float]:
       start = time.perf_counter()
       jax.block_until_ready(thunk())
       spent.append(time.perf_counter() - start)
-  return [statistics.median(spent) for spent in times]
+  return [min(spent) for spent in times]
 
 
 def _replacing(outputs_of: dict):
@@ -108,11 +107,12 @@ def _backward(fn, primals: tuple, others: tuple, cotangent):
 
 
 def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list[Part], float]:
-  """(parts, the whole train step's median seconds) for one device's `batch` (host numpy arrays as
+  """(parts, the whole train step's seconds) for one device's `batch` (host numpy arrays as
   from `synthetic_batch`) under `config` (a training config, box model)."""
   if config.model.masks:
     raise ValueError("the train-step profile covers box models; this config has model.masks")
   model, criterion = build_model(config.model), make_criterion(config)
+  params = jax.device_put(params)  # on the device once: the parts then time no host -> device copy of them
   tx = make_optimizer(config, params)
   key = jax.random.PRNGKey(0)
   targets = {k: batch[k] for k in steps.TARGET_KEYS if k in batch}
@@ -123,7 +123,7 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
   state = steps.replicate(TrainState.create(params, tx, key), 1)
   sharded = steps.shard(batch, 1)
   whole = p_train.lower(state, sharded).compile()
-  state_box = [whole(state, sharded)[0]]  # donated: each call uses the state the last one returned
+  state_box = [whole(state, sharded)[0]]  # each call uses the state the last one returned, as train.py
 
   def whole_step():
     state_box[0], metrics = whole(state_box[0], sharded)
@@ -189,24 +189,30 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
     timed.append(("matcher host callback", lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"])), False,
                   "(in criterion: scipy linear_sum_assignment)"))
 
-  # The step's tail, pmapped as in the step: gradient all-reduce, update, finiteness check.
-  def update(grads, opt_state, params):
-    grads = jax.lax.pmean(grads, steps.AXIS)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, steps.all_finite(updates)
+  # The optimizer's share: the whole step minus the step without its update (the trained weights'
+  # gradients only, pmapped as the step). Timed alone, the update would read and write every
+  # gradient and Adam moment once more than it does fused into the step's backward pass.
+  def gradients(state, batch):
+    def loss(params):
+      outputs = model.apply({"params": params}, batch["images"], batch["mask"], deterministic=False,
+                            rngs={"dropout": state.key})
+      return criterion(outputs, {k: batch[k] for k in steps.TARGET_KEYS if k in batch}, axis_name=steps.AXIS)[0]
+    grads = traverse_util.flatten_dict(jax.grad(loss)(state.params))
+    return {"/".join(path): g for path, g in grads.items() if labels[path] != FROZEN}
 
-  tail = jax.pmap(update, axis_name=steps.AXIS)
-  tail_args = steps.replicate((jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params), 1)
-  timed.append(("optimizer", lambda: tail(*tail_args), True,
-                "pmean of the gradients, optax update + apply_updates, finiteness check"))
+  without_update = jax.pmap(gradients, axis_name=steps.AXIS)
+  timed.append(("without the update", lambda: without_update(state_box[0], sharded), False, ""))
 
-  seconds = interleaved_medians([whole_step] + [thunk for _, thunk, _, _ in timed], reps)
+  seconds = interleaved_fastest([whole_step] + [thunk for _, thunk, _, _ in timed], reps)
   step_s, by_name = seconds[0], {name: t for (name, _, _, _), t in zip(timed, seconds[1:])}
   parts = []
   for name, _, added, method in timed:
     if name == "without dropout":
       parts.append(Part("dropout", by_name["transformer"] - by_name[name], False,
                         "(in transformer: with - without dropout)"))
+    elif name == "without the update":
+      parts.append(Part("optimizer", step_s - by_name[name], True, "whole step - the step without its update: "
+                        "pmean of the gradients, optax update + apply_updates, finiteness check"))
     else:
       parts.append(Part(name, by_name[name], added, method))
   return parts, step_s
