@@ -193,11 +193,11 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
   # gradients only, pmapped as the step). Timed alone, the update would read and write every
   # gradient and Adam moment once more than it does fused into the step's backward pass.
   def gradients(state, batch):
-    def loss(params):
+    def step_loss(params):
       outputs = model.apply({"params": params}, batch["images"], batch["mask"], deterministic=False,
                             rngs={"dropout": state.key})
       return criterion(outputs, {k: batch[k] for k in steps.TARGET_KEYS if k in batch}, axis_name=steps.AXIS)[0]
-    grads = traverse_util.flatten_dict(jax.grad(loss)(state.params))
+    grads = traverse_util.flatten_dict(jax.grad(step_loss)(state.params))
     return {"/".join(path): g for path, g in grads.items() if labels[path] != FROZEN}
 
   without_update = jax.pmap(gradients, axis_name=steps.AXIS)
