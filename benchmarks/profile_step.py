@@ -56,8 +56,8 @@ def main(argv=None):
                     "reps": args.reps, "step_s": round(step_s, 4),
                     "parts": {p.name: round(p.seconds, 4) for p in parts},
                     "added_sum_s": round(sum(p.seconds for p in parts if p.added), 4),
-                    "method": "timed sub-functions (jax.jit each, fastest of interleaved rounds)", "backend": jax.default_backend(),
-                    "jax": jax.__version__}))
+                    "method": "timed sub-functions (jax.jit each, fastest of interleaved rounds)",
+                    "backend": jax.default_backend(), "jax": jax.__version__}))
 
 
 if __name__ == "__main__":
