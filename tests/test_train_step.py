@@ -188,13 +188,13 @@ def test_the_cpu_step_copies_no_parameters(runs):
   the parameters) ahead of their in-place update, 16% of a DETR-R50 step (step.py)."""
   config, batch = _config(), steps.shard(runs["batches"][0], jax.local_device_count())
   model = StandInDetector(num_classes=config.model.num_classes, num_queries=config.model.num_queries)
-  tx = make_optimizer(config, runs["params"])
-  p_train, _ = steps.pmapped_steps(model, make_criterion(config), tx)
+  tx, criterion = make_optimizer(config, runs["params"]), make_criterion(config)
+  p_train, _ = steps.pmapped_steps(model, criterion, tx)
   state = steps.replicate(TrainState.create(runs["params"], tx, jax.random.PRNGKey(1)), jax.local_device_count())
   hlo = p_train.lower(state, batch).compile().as_text()
   param_elements = sum(x.size for x in jax.tree_util.tree_leaves(runs["params"]))
   assert _copied_inputs(hlo) < 0.05 * param_elements  # the PRNG key, at most
   # The measure sees the copies: the same step with the state donated.
-  donated = jax.pmap(functools.partial(steps.train_step, model=model, criterion=make_criterion(config), tx=tx),
+  donated = jax.pmap(functools.partial(steps.train_step, model=model, criterion=criterion, tx=tx),
                      axis_name=steps.AXIS, donate_argnums=(0,))
   assert _copied_inputs(donated.lower(state, batch).compile().as_text()) >= 2 * param_elements
