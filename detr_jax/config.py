@@ -52,6 +52,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       backbone="resnet50",          # BACKBONES
       dilation=False,               # DC5: layer4 at stride 16 with dilated convs
+      backbone_layers=4,            # 3: the transformer reads layer3 (stride 16, no layer4; not official, no panoptic)
       position_embedding="sine",    # POSITION_EMBEDDINGS
       hidden_dim=256,               # transformer width (the paper's base model, as every released one)
       nheads=8,
@@ -423,6 +424,13 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   if d % per_axis:
     raise UserError(f"config key model.hidden_dim ({d}) must be a multiple of {per_axis} for the "
                     f"{model.position_embedding} position embedding")
+  layers = model.get("backbone_layers", 4)
+  if layers not in (3, 4):
+    raise UserError(f"config key model.backbone_layers must be 4 (official) or 3 (the transformer reads layer3), "
+                    f"got {layers!r}")
+  if layers != 4 and (model.dilation or model.masks):
+    raise UserError(f"config key model.backbone_layers={layers} leaves out layer4, which model.dilation (DC5) and "
+                    f"model.masks (the panoptic head) need: use 4")
   if model.dilation and not RESNET_SPECS[model.backbone][1]:
     raise UserError(f"config key model.dilation (DC5) needs a bottleneck backbone (resnet50, resnet101), "
                     f"not {model.backbone}")

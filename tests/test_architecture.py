@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from detr_jax.architecture import RESNET_SPECS, num_channels, resnet_stages
 from detr_jax.config import model_config
+from detr_jax.errors import UserError
 from detr_jax.models import build_model
 from detr_jax.torch_io.mapping import flax_shape, model_layout
 
@@ -43,3 +44,23 @@ def test_resnet_stages(arch):
     assert [block.dilation for block in stages[3]] == [1] + [2 if dilation else 1] * (blocks[3] - 1)
     downsampled = [(block.stage, block.index) for stage in stages for block in stage if block.downsample]
     assert downsampled == ([(1, 0)] if bottleneck else []) + [(2, 0), (3, 0), (4, 0)]
+
+
+def test_three_backbone_layers_feed_layer3_to_the_transformer():
+  """model.backbone_layers=3: no layer4 parameters, the transformer reads layer3 (stride 16), whose
+  features are the full backbone's with the same weights; no official layout to export to."""
+  full = model_config(backbone="resnet18", hidden_dim=32, dim_feedforward=32, enc_layers=1, dec_layers=1,
+                      num_queries=3, dropout=0.0)
+  short = model_config(**{**full.to_dict(), "backbone_layers": 3})
+  x, m = jax.random.normal(jax.random.PRNGKey(1), (1, 64, 96, 3)), np.zeros((1, 64, 96), bool)
+  full_params = build_model(full).init(jax.random.PRNGKey(0), x, m)["params"]
+  flat = traverse_util.flatten_dict(build_model(short).init(jax.random.PRNGKey(0), x, m)["params"])
+  assert not [path for path in flat if path[1].startswith("layer4")]
+  full_flat = traverse_util.flatten_dict(full_params)
+  flat.update({path: full_flat[path] for path in flat if path[0] == "backbone"})
+  _, ours = build_model(short).apply({"params": traverse_util.unflatten_dict(flat)}, x, m, return_internals=True)
+  _, theirs = build_model(full).apply({"params": full_params}, x, m, return_internals=True)
+  assert len(ours["levels"]) == 3 and ours["src_proj"].shape == (1, 4, 6, 32) and ours["mask"].shape == (1, 4, 6)
+  np.testing.assert_array_equal(ours["levels"][2], theirs["levels"][2])
+  with pytest.raises(UserError, match=r"^model.backbone_layers=3 \(the transformer reads layer3\) has no official"):
+    model_layout(short)

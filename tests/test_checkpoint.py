@@ -2,9 +2,13 @@
 import os
 import time
 
+import ml_collections
 import numpy as np
 import optax
 
+from detr_jax.config import model_config
+from detr_jax.models import ADDED_FIELD_DEFAULTS
+from detr_jax.training.setup import adopt_checkpoint_model
 from detr_jax.training.train_checkpoints import FILE_LIST, Checkpointer
 from detr_jax.training.state import TrainState
 
@@ -62,3 +66,16 @@ def test_set_aside_moves_and_never_overwrites(tmp_path):
   assert ckpt.set_aside(2) == str(tmp_path / "damaged_checkpoints" / "2.1")  # the first is kept
   assert sorted(os.listdir(tmp_path / "damaged_checkpoints")) == ["2", "2.1"]
   ckpt.close()
+
+
+def test_a_config_saved_before_the_added_model_fields_stands_for_their_defaults(capsys):
+  """A checkpoint's model config without backbone_layers/dtype/remat/attention is the official model:
+  resuming adopts those defaults and warns only about settings that really differ."""
+  current = model_config(backbone="resnet18", dim_feedforward=128)
+  saved = {key: value for key, value in current.to_dict().items() if key not in ADDED_FIELD_DEFAULTS}
+  config = ml_collections.ConfigDict({"model": current})
+  adopt_checkpoint_model(config, {"model": saved}, "old")
+  assert capsys.readouterr().err == "" and config.model.to_dict() == current.to_dict()
+  adopt_checkpoint_model(config, {"model": {**saved, "dim_feedforward": 64}}, "old")
+  assert capsys.readouterr().err == "warning: model.dim_feedforward is 128 here but 64 in old; using the checkpoint's\n"
+  assert config.model.dim_feedforward == 64 and config.model.backbone_layers == 4

@@ -234,6 +234,10 @@ def test_batch_must_split_over_the_devices():
                                                     "model.nheads (8)"),
     ("configs/synthetic.py", "model.dilation=true", "config key model.dilation (DC5) needs a bottleneck backbone "
                                                     "(resnet50, resnet101), not resnet18"),
+    (COCO, "model.backbone_layers=2", "config key model.backbone_layers must be 4 (official) or 3 (the transformer "
+                                      "reads layer3), got 2"),
+    ("configs/detr_resnet50_panoptic.py", "model.backbone_layers=3", "config key model.backbone_layers=3 leaves out "
+     "layer4, which model.dilation (DC5) and model.masks (the panoptic head) need: use 4"),
     ("configs/detr_resnet50_panoptic.py", "model.hidden_dim=64",
      "model.masks=True: the mask head's widths (72, 32, 16, 8, 4) (model.hidden_dim + model.nheads, then hidden_dim "
      "/ 2, 4, 8, 16) must be multiples of 8 (its GroupNorm groups)"),
@@ -264,7 +268,7 @@ def test_bad_value_in_every_section(spec, override, message):
 # Numeric fields whose every value is legal (or checked by the code that uses them, as named).
 UNCHECKED = {"seed", "dataset.seed", "lr_backbone",  # <= 0 freezes the backbone
              "model.num_classes",  # <= 0: from the dataset (coco_custom), see data.resolve_num_classes
-             "model.dropout", "dataset.workers"}  # own rules in check_config
+             "model.dropout", "model.backbone_layers", "dataset.workers"}  # own rules in check_config
 
 
 @pytest.mark.parametrize("spec", sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".py")))

@@ -8,9 +8,9 @@ from detr_jax.models.detr import DETR
 from detr_jax.models.segmentation import DETRsegm
 from detr_jax.models.transformer import TransformerConfig
 
-# How the model computes (model.dtype, model.remat, model.attention): the defaults are the
-# official computation, and the values that configs saved before these fields existed stand for.
-COMPUTE_DEFAULTS = {"dtype": "float32", "remat": "none", "attention": "reference"}
+# Model config fields added after the first release, with the official value that a config saved
+# before they existed stands for: the backbone's depth, and how the model computes.
+ADDED_FIELD_DEFAULTS = {"backbone_layers": 4, "dtype": "float32", "remat": "none", "attention": "reference"}
 
 
 def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False, mask_queries: int = 0):
@@ -19,13 +19,13 @@ def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False, m
   Inference options that leave the parameters unchanged: isolate_padding (batch-invariant
   backbone features, see `ResNet`); mask_queries (masks for the K likeliest queries, see `DETRsegm`).
   """
-  compute = {key: cfg.get(key, default) for key, default in COMPUTE_DEFAULTS.items()}
-  dtype = jnp.dtype(compute["dtype"])
+  added = {key: cfg.get(key, default) for key, default in ADDED_FIELD_DEFAULTS.items()}
+  dtype = jnp.dtype(added["dtype"])
   architecture = {f.name for f in dataclasses.fields(TransformerConfig)} - {"dtype", "remat", "attention"}
   transformer = TransformerConfig(**{name: cfg[name] for name in architecture}, dtype=dtype,
-                                  remat=compute["remat"] in ("transformer", "all"), attention=compute["attention"])
+                                  remat=added["remat"] in ("transformer", "all"), attention=added["attention"])
   detr = DETR(num_classes=cfg.num_classes, num_queries=cfg.num_queries, transformer_config=transformer,
               backbone=cfg.backbone, dilation=cfg.dilation, position_embedding=cfg.position_embedding,
               aux_loss=cfg.aux_loss, isolate_padding=isolate_padding, dtype=dtype,
-              remat_backbone=compute["remat"] in ("backbone", "all"))
+              remat_backbone=added["remat"] in ("backbone", "all"), backbone_layers=added["backbone_layers"])
   return DETRsegm(detr, mask_queries=mask_queries) if cfg.masks else detr

@@ -124,7 +124,7 @@ class Bottleneck(_Block):
 
 
 class ResNet(nn.Module):
-  """Returns the outputs of layer1..layer4 (strides 4, 8, 16, 32; layer4 at 16 with DC5).
+  """Returns the outputs of layer1..layer{num_layers} (strides 4, 8, 16, 32; layer4 at 16 with DC5).
 
   x [B, H, W, 3] with padding 0 at the bottom/right. mask [B, H, W] (True = padding), if given,
   isolates the padding: every activation a spatial conv or the max pool reads is zeroed there
@@ -133,12 +133,14 @@ class ResNet(nn.Module):
   features near the border depend on how much padding the batch added).
 
   dtype: of the convolutions and the activations. remat: each residual block is recomputed in
-  the backward pass instead of storing its activations (the block inputs are kept).
+  the backward pass instead of storing its activations (the block inputs are kept). num_layers:
+  the stages built, 4 as torchvision; 3 ends the network at layer3 (stride 16).
   """
   arch: str = "resnet50"
   dilation: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
+  num_layers: int = 4
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -149,7 +151,7 @@ class ResNet(nn.Module):
     valid = _strided(valid, 4)
     x = _zero_padding(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))), valid)
     levels = []
-    for blocks in resnet_stages(self.arch, self.dilation):
+    for blocks in resnet_stages(self.arch, self.dilation)[:self.num_layers]:
       for block in blocks:
         block_cls = Bottleneck if block.bottleneck else BasicBlock
         block_cls = nn.remat(block_cls) if self.remat else block_cls

@@ -51,6 +51,7 @@ class DETR(nn.Module):
   isolate_padding: bool = False  # batch-invariant features (see ResNet); official: False
   dtype: Any = jnp.float32  # compute dtype of the backbone and input_proj (the transformer's is in its config)
   remat_backbone: bool = False  # recompute each residual block in the backward pass
+  backbone_layers: int = 4  # the transformer reads layer4 (C5, official) or, with 3, layer3 (C4, stride 16)
 
   @property
   def hidden_dim(self) -> int:
@@ -58,7 +59,8 @@ class DETR(nn.Module):
 
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
-    levels = ResNet(self.backbone, self.dilation, self.dtype, self.remat_backbone, name="backbone")(
+    levels = ResNet(self.backbone, self.dilation, self.dtype, self.remat_backbone, self.backbone_layers,
+                    name="backbone")(
         images, mask if self.isolate_padding else None)
     masks = [downsample_mask(mask, f.shape[1:3]) for f in levels]
     for i, (feat, feat_mask) in enumerate(zip(levels, masks)):

@@ -10,6 +10,7 @@ import numpy as np
 
 from detr_jax.architecture import (BBOX_MLP_LAYERS, LEARNED_POSITION_CELLS, STEM_CHANNELS, mask_head_widths,
                                    num_channels, resnet_stages)
+from detr_jax.errors import UserError
 
 
 class Entry(NamedTuple):
@@ -95,6 +96,9 @@ def detr_layout(cfg, prefix: str = "", path: tuple = ()) -> Iterator[Entry]:
 
 def model_layout(cfg) -> list[Entry]:
   """Official layout of DETR, or of DETRsegm (`detr.` prefix + panoptic head) when cfg.masks."""
+  if cfg.get("backbone_layers", 4) != 4:
+    raise UserError(f"model.backbone_layers={cfg.backbone_layers} (the transformer reads layer3) has no "
+                    "official counterpart; only models with the full backbone (4) have the official layout")
   if not cfg.masks:
     return list(detr_layout(cfg))
   d, heads = cfg.hidden_dim, cfg.nheads

@@ -131,7 +131,7 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
 
   timed = [("host -> device", lambda: jax.device_put(sharded), True, "jax.device_put")]  # (name, thunk, added, method)
   # Backbone: the trained weights are differentiated, the frozen ones are constants.
-  resnet = ResNet(model.backbone, model.dilation, model.dtype, model.remat_backbone)
+  resnet = ResNet(model.backbone, model.dilation, model.dtype, model.remat_backbone, model.backbone_layers)
   trained, frozen = _split(params["backbone"], lambda p: labels[("backbone", *p)] != FROZEN)
   images, mask = jnp.asarray(batch["images"]), jnp.asarray(batch["mask"])
 

@@ -13,7 +13,7 @@ from flax import traverse_util
 from detr_jax import model_checkpoint
 from detr_jax.criterion import SetCriterion
 from detr_jax.errors import UserError
-from detr_jax.models import build_model
+from detr_jax.models import ADDED_FIELD_DEFAULTS, build_model
 from detr_jax.training.train_checkpoints import Checkpointer
 
 
@@ -116,7 +116,7 @@ def usable_checkpoint(ckpt: Checkpointer, purpose: str) -> int | None:
 def adopt_checkpoint_model(config, saved: dict, source: str) -> None:
   """Sets config.model to the model the checkpoint was made with; each setting of the command
   line that differs is named on one line."""
-  current, theirs = config.model.to_dict(), saved["model"]
+  current, theirs = config.model.to_dict(), {**ADDED_FIELD_DEFAULTS, **saved["model"]}
   for key in sorted(set(current) | set(theirs)):
     if key == "num_classes" and current.get(key, 0) <= 0:
       continue  # "from the dataset": the checkpoint holds the resolved value
