@@ -44,6 +44,29 @@ def _group_norm(name, dtype):
   return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
+class SharedPlusPerQueryConv(nn.Module):
+  """The 3x3 conv (padding 1, with bias) of the channel concatenation [shared, per_query], where
+  `shared` [B, h, w, C1] is the same for every query and per_query is [B * Q, h, w, C2]: the conv is
+  linear, so the shared channels' share is computed once per image and added to each query's.
+  Parameters are those of nn.Conv(features, (3, 3)) on C1 + C2 channels. -> [B * Q, h, w, features].
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, shared, per_query):
+    c1 = shared.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c1 + per_query.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    shared, per_query, kernel, bias = nn.dtypes.promote_dtype(shared, per_query, kernel, bias, dtype=self.dtype)
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    common = conv(shared, kernel[:, :, :c1]) + bias
+    y = conv(per_query, kernel[:, :, c1:])
+    b = shared.shape[0]
+    return (y.reshape(b, -1, *y.shape[1:]) + common[:, None]).reshape(y.shape)
+
+
 class MaskHeadSmallConv(nn.Module):
   """FPN-style conv head producing one mask logit map per query at stride 4.
 
@@ -58,16 +81,16 @@ class MaskHeadSmallConv(nn.Module):
     b, nq, heads, h, w = bbox_mask.shape
     dims = mask_head_widths(self.hidden_dim, heads)
     conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
-    x = jnp.broadcast_to(x[:, None], (b, nq, h, w, x.shape[-1])).reshape(b * nq, h, w, -1).astype(self.dtype)
-    bbox_mask = bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads).astype(self.dtype)
-    x = jnp.concatenate([x, bbox_mask], axis=-1)
+    bbox_mask = bbox_mask.transpose(0, 1, 3, 4, 2).reshape(b * nq, h, w, heads)
 
-    def conv_gn_relu(x, k):
-      x = _group_norm(f"gn{k}", self.dtype)(conv(dims[k - 1], f"lay{k}")(x))
+    def gn_relu(x, k):
+      x = _group_norm(f"gn{k}", self.dtype)(x)
       self.sow("intermediates", f"mask_head_gn{k}", x)
       return nn.relu(x)
 
-    x = conv_gn_relu(conv_gn_relu(x, 1), 2)
+    conv_gn_relu = lambda x, k: gn_relu(conv(dims[k - 1], f"lay{k}")(x), k)
+    # lay1 reads [x broadcast to every query, the query's attention maps]
+    x = conv_gn_relu(gn_relu(SharedPlusPerQueryConv(dims[0], self.dtype, name="lay1")(x, bbox_mask), 1), 2)
     for k, fpn in enumerate(fpns, start=1):
       adapted = Conv1x1(dims[k], dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
