@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from detr_jax.architecture import MASK_HEAD_GROUPS, mask_head_widths
 from detr_jax.models.backbone import Conv1x1
 from detr_jax.models.detr import DETR
-from detr_jax.ops.resize import resize_nearest
+from detr_jax.ops.resize import conv3x3_of_resize_nearest
 
 
 class MHAttentionMap(nn.Module):
@@ -44,6 +44,17 @@ def _group_norm(name, dtype):
   return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
+def _conv3x3(x, kernel):
+  """x [N, H, W, C] conv kernel [3, 3, C, F] (HWIO), padding 1."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _add_per_image(per_query, per_image):
+  """per_query [B * Q, ...] + per_image [B, ...] broadcast over each image's Q queries."""
+  b = per_image.shape[0]
+  return (per_query.reshape(b, -1, *per_query.shape[1:]) + per_image[:, None]).reshape(per_query.shape)
+
+
 class SharedPlusPerQueryConv(nn.Module):
   """The 3x3 conv (padding 1, with bias) of the channel concatenation [shared, per_query], where
   `shared` [B, h, w, C1] is the same for every query and per_query is [B * Q, h, w, C2]: the conv is
@@ -59,12 +70,26 @@ class SharedPlusPerQueryConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c1 + per_query.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     shared, per_query, kernel, bias = nn.dtypes.promote_dtype(shared, per_query, kernel, bias, dtype=self.dtype)
-    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    common = conv(shared, kernel[:, :, :c1]) + bias
-    y = conv(per_query, kernel[:, :, c1:])
-    b = shared.shape[0]
-    return (y.reshape(b, -1, *y.shape[1:]) + common[:, None]).reshape(y.shape)
+    return _add_per_image(_conv3x3(per_query, kernel[:, :, c1:]), _conv3x3(shared, kernel[:, :, :c1]) + bias)
+
+
+class UpsampledPlusSharedConv(nn.Module):
+  """The 3x3 conv (padding 1, with bias) of resize_nearest(per_query) + shared, where per_query is
+  [B * Q, h, w, C] and `shared` [B, H, W, C] is the same for every query: the conv is linear, so the
+  shared map's share is computed once per image, and the upsampled one at the source resolution
+  (`conv3x3_of_resize_nearest`). Parameters are those of nn.Conv(features, (3, 3)).
+  -> [B * Q, H, W, features].
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, per_query, shared):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, shared.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    per_query, shared, kernel, bias = nn.dtypes.promote_dtype(per_query, shared, kernel, bias, dtype=self.dtype)
+    y = conv3x3_of_resize_nearest(per_query, kernel, shared.shape[1:3])
+    return _add_per_image(y, _conv3x3(shared, kernel) + bias)
 
 
 class MaskHeadSmallConv(nn.Module):
@@ -88,15 +113,13 @@ class MaskHeadSmallConv(nn.Module):
       self.sow("intermediates", f"mask_head_gn{k}", x)
       return nn.relu(x)
 
-    conv_gn_relu = lambda x, k: gn_relu(conv(dims[k - 1], f"lay{k}")(x), k)
     # lay1 reads [x broadcast to every query, the query's attention maps]
-    x = conv_gn_relu(gn_relu(SharedPlusPerQueryConv(dims[0], self.dtype, name="lay1")(x, bbox_mask), 1), 2)
-    for k, fpn in enumerate(fpns, start=1):
+    x = gn_relu(SharedPlusPerQueryConv(dims[0], self.dtype, name="lay1")(x, bbox_mask), 1)
+    x = gn_relu(conv(dims[1], "lay2")(x), 2)
+    for k, fpn in enumerate(fpns, start=1):  # lay{k + 2} reads upsampled x + the adapted features
       adapted = Conv1x1(dims[k], dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
-      fh, fw = adapted.shape[1:3]
-      x = resize_nearest(x, (fh, fw)).reshape(b, nq, fh, fw, -1) + adapted[:, None]
-      x = conv_gn_relu(x.reshape(b * nq, fh, fw, -1), k + 2)
+      x = gn_relu(UpsampledPlusSharedConv(dims[k + 1], self.dtype, name=f"lay{k + 2}")(x, adapted), k + 2)
     x = conv(1, "out_lay")(x)
     return x.reshape(b, nq, *x.shape[1:3]).astype(jnp.float32)
 
