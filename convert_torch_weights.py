@@ -163,7 +163,7 @@ def convert(args) -> int:
 def export(args) -> int:
   from detr_jax import model_checkpoint
   from detr_jax.torch_io.convert import params_to_state_dict, variant_name
-  from detr_jax.torch_io.mapping import model_layout
+  from detr_jax.torch_io.mapping import official_layout
   from detr_jax.torch_io.pth import save_pth
 
   _check_destination(args.dst, args.force, os.path.isfile, "a file")
@@ -171,7 +171,7 @@ def export(args) -> int:
   if cfg.get("backbone_only", False):
     raise UserError(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
   try:
-    state_dict = params_to_state_dict(params, model_layout(cfg.model))
+    state_dict = params_to_state_dict(params, official_layout(cfg.model))
   except UserError as e:
     raise UserError(f"{args.src}: {e}") from None
   save_pth({"model": state_dict}, args.dst)  # atomic: a temporary file beside it, then renamed
@@ -189,7 +189,7 @@ def export_hf(args) -> int:
   from detr_jax.predict import class_names
   from detr_jax.torch_io import hf
   from detr_jax.torch_io.convert import params_to_state_dict
-  from detr_jax.torch_io.mapping import model_layout
+  from detr_jax.torch_io.mapping import official_layout
 
   _check_destination(args.dst, args.force, _is_hf_export, HF_EXPORT)
   cfg, params = model_checkpoint.load_model(args.src)
@@ -197,7 +197,7 @@ def export_hf(args) -> int:
     raise UserError(f"{args.src} is a backbone-only checkpoint; only DETR models can be exported")
   try:
     config = hf.export_config(cfg, class_names(cfg, args.src))
-    state_dict = hf.from_official(params_to_state_dict(params, model_layout(cfg.model)), cfg.model)
+    state_dict = hf.from_official(params_to_state_dict(params, official_layout(cfg.model)), cfg.model)
   except UserError as e:
     raise UserError(f"{args.src}: {e}") from None
   hf.write_folder(args.dst, config, state_dict)

@@ -11,7 +11,7 @@ from detr_jax.architecture import RESNET_SPECS, num_channels, resnet_stages
 from detr_jax.config import model_config
 from detr_jax.errors import UserError
 from detr_jax.models import build_model
-from detr_jax.torch_io.mapping import flax_shape, model_layout
+from detr_jax.torch_io.mapping import flax_shape, model_layout, official_layout
 
 
 def test_layout_modules_import_no_jax():
@@ -23,7 +23,8 @@ def test_layout_modules_import_no_jax():
 
 @pytest.mark.parametrize("overrides", [
     dict(backbone="resnet18", position_embedding="learned"), dict(backbone="resnet34", pre_norm=True),
-    dict(backbone="resnet50", dilation=True, masks=True), dict(backbone="resnet101", masks=True, nheads=16)])
+    dict(backbone="resnet50", dilation=True, masks=True), dict(backbone="resnet101", masks=True, nheads=16),
+    dict(backbone="resnet34", backbone_layers=3)])
 def test_model_parameters_follow_the_layout(overrides):
   """Every parameter the model creates is in the layout with the layout's shape, and nothing else."""
   cfg = model_config(hidden_dim=128, dim_feedforward=32, enc_layers=1, dec_layers=2, num_queries=5, **overrides)
@@ -63,4 +64,4 @@ def test_three_backbone_layers_feed_layer3_to_the_transformer():
   assert len(ours["levels"]) == 3 and ours["src_proj"].shape == (1, 4, 6, 32) and ours["mask"].shape == (1, 4, 6)
   np.testing.assert_array_equal(ours["levels"][2], theirs["levels"][2])
   with pytest.raises(UserError, match=r"^model.backbone_layers=3 \(the transformer reads layer3\) has no official"):
-    model_layout(short)
+    official_layout(short)

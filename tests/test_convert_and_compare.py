@@ -325,6 +325,7 @@ def test_export_of_a_training_checkpoint(tmp_path, capsys):
   """A training-style checkpoint (config without a name, with training and dataset fields) exports."""
   from configs.synthetic import get_config
   config = get_config()
+  config.model.backbone_layers = 4  # the demo's own (3) has no official layout: see the next test
   layout = model_layout(config.model)
   sd = fill_v1([(e.key, e.shape) for e in layout], seed=7)
   model_checkpoint.save_model(str(tmp_path / "checkpoints" / "3"), config, state_dict_to_params(sd, layout))
@@ -335,6 +336,19 @@ def test_export_of_a_training_checkpoint(tmp_path, capsys):
   assert list(exported) == list(sd)
   assert all(np.array_equal(exported[k], v) for k, v in sd.items())
   assert sorted(os.listdir(tmp_path)) == ["checkpoints", "trained.pth"]
+
+
+def test_export_refuses_a_model_without_layer4(tmp_path, capsys):
+  from configs.synthetic import get_config
+  config = get_config()
+  assert config.model.backbone_layers == 3
+  model_checkpoint.save_model(str(tmp_path / "c"), config, _tiny_params())
+  for flag, out in (("--export", "x.pth"), ("--export-hf", "hf")):
+    assert convert_torch_weights.main([flag, str(tmp_path / "c"), str(tmp_path / out)]) == 1
+    assert _error_lines(capsys) == [f"error: {tmp_path / 'c'}: model.backbone_layers=3 (the transformer reads layer3) "
+                                    "has no official counterpart; only models with the full backbone (4) have the "
+                                    "official layout"]
+  assert sorted(os.listdir(tmp_path)) == ["c"]
 
 
 def test_export_refuses_params_that_do_not_fit_their_config(tmp_path, capsys):

@@ -14,7 +14,8 @@ from detr_jax.torch_io.convert import filled_params
 from helpers import XLA_CACHE_FLAG, train_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model.hidden_dim=128", "--config.model.dim_feedforward=64",
+# The mask head reads layer4's features: the full ResNet-18, not the demo's three layers.
+TINY = ["--config.model.backbone_layers=4", "--config.model.hidden_dim=128", "--config.model.dim_feedforward=64",
         "--config.model.enc_layers=1", "--config.model.dec_layers=2", "--config.model.num_queries=6",
         "--config.dataset.image_size=(64, 64)", "--config.dataset.bucket_sides=(64,)", "--config.dataset.num_val=4",
         "--config.global_batch_size=4", "--config.log_every=1", "--config.num_pictures=0", "--config.progress=False",
@@ -34,7 +35,7 @@ def test_two_stages_on_synthetic_masks(tmp_path):
   """Stage 2 from a stage-1 box model (a checkpoint of the synthetic box config with deterministic
   weights, standing in for stage 1's training, which the other train.py tests cover)."""
   config = load_config_file(os.path.join(ROOT, "configs", "synthetic.py"))
-  config.model.update(hidden_dim=128, dim_feedforward=64, enc_layers=1, dec_layers=2, num_queries=6)
+  config.model.update(backbone_layers=4, hidden_dim=128, dim_feedforward=64, enc_layers=1, dec_layers=2, num_queries=6)
   boxes = filled_params(config.model)
   model_checkpoint.save_model(str(tmp_path / "boxes"), config, boxes)
   rows, masks = _train(tmp_path / "masks", "--config.model.masks=True", "--config.freeze_detr=True",

@@ -13,6 +13,7 @@ def test_parts_add_up_to_the_step():
   config = load_config_file(os.path.join(ROOT, "configs", "synthetic.py"))
   config.model.update(hidden_dim=32, dim_feedforward=64, enc_layers=1, dec_layers=1, num_queries=6, dropout=0.1)
   config.update(global_batch_size=2, lr_backbone=1e-5)  # the official recipe: layer2-4 trained
+  config.loss.matcher_backend = "scipy"  # the official host matcher, whose callback has a row
   batch = synthetic_batch(2, 192, 192, 3, config.model.num_classes, config.max_objects, False)
   parts, step_s = profile_train_step(config, filled_params(config.model), batch, reps=9)
   by_name = {p.name: p for p in parts}

@@ -41,11 +41,12 @@ def _frozen_bn(key, path, dim):
     yield Entry(f"{key}.{t}", (dim,), path + (f,), "copy")
 
 
-def resnet_layout(arch: str, prefix: str = "", path: tuple = ()) -> Iterator[Entry]:
-  """torchvision ResNet keys (without avgpool/fc) under `prefix`, e.g. "backbone.0.body."."""
+def resnet_layout(arch: str, prefix: str = "", path: tuple = (), layers: int = 4) -> Iterator[Entry]:
+  """torchvision ResNet keys (without avgpool/fc) under `prefix`, e.g. "backbone.0.body.", of
+  layer1..layer{layers}."""
   yield from _conv(f"{prefix}conv1", path + ("conv1",), STEM_CHANNELS, 3, 7, bias=False)
   yield from _frozen_bn(f"{prefix}bn1", path + ("bn1",), STEM_CHANNELS)
-  for block in (block for stage in resnet_stages(arch) for block in stage):
+  for block in (block for stage in resnet_stages(arch)[:layers] for block in stage):
     key, p = f"{prefix}layer{block.stage}.{block.index}", path + (f"layer{block.stage}_{block.index}",)
     for k, (out_ch, in_ch, size) in enumerate(block.convs, start=1):
       yield from _conv(f"{key}.conv{k}", p + (f"conv{k}",), out_ch, in_ch, size, bias=False)
@@ -86,19 +87,26 @@ def detr_layout(cfg, prefix: str = "", path: tuple = ()) -> Iterator[Entry]:
     out_dim = 4 if i == BBOX_MLP_LAYERS - 1 else d
     yield from _linear(f"{prefix}bbox_embed.layers.{i}", path + ("bbox_embed", f"layers_{i}"), out_dim, d)
   yield Entry(f"{prefix}query_embed.weight", (cfg.num_queries, d), path + ("query_embed", "embedding"), "copy")
-  yield from _conv(f"{prefix}input_proj", path + ("input_proj",), d, num_channels(cfg.backbone)[-1], 1)
-  yield from resnet_layout(cfg.backbone, f"{prefix}backbone.0.body.", path + ("backbone",))
+  layers = cfg.get("backbone_layers", 4)
+  yield from _conv(f"{prefix}input_proj", path + ("input_proj",), d, num_channels(cfg.backbone)[layers - 1], 1)
+  yield from resnet_layout(cfg.backbone, f"{prefix}backbone.0.body.", path + ("backbone",), layers)
   if cfg.position_embedding == "learned":
     for axis in ("row_embed", "col_embed"):
       yield Entry(f"{prefix}backbone.1.{axis}.weight", (LEARNED_POSITION_CELLS, d // 2),
                   path + ("position_embedding", axis, "embedding"), "copy")
 
 
-def model_layout(cfg) -> list[Entry]:
-  """Official layout of DETR, or of DETRsegm (`detr.` prefix + panoptic head) when cfg.masks."""
+def official_layout(cfg) -> list[Entry]:
+  """model_layout of a model the official code can build: a UserError for one it cannot."""
   if cfg.get("backbone_layers", 4) != 4:
     raise UserError(f"model.backbone_layers={cfg.backbone_layers} (the transformer reads layer3) has no "
                     "official counterpart; only models with the full backbone (4) have the official layout")
+  return model_layout(cfg)
+
+
+def model_layout(cfg) -> list[Entry]:
+  """Official layout of DETR, or of DETRsegm (`detr.` prefix + panoptic head) when cfg.masks; with
+  model.backbone_layers 3, the same keys without layer4 (a model the official code cannot build)."""
   if not cfg.masks:
     return list(detr_layout(cfg))
   d, heads = cfg.hidden_dim, cfg.nheads
