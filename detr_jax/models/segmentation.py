@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from detr_jax.architecture import MASK_HEAD_GROUPS, mask_head_widths
 from detr_jax.models.backbone import Conv1x1
 from detr_jax.models.detr import DETR
-from detr_jax.ops.resize import conv3x3_of_resize_nearest
+from detr_jax.ops.resize import conv3x3_of_resize_nearest, resize_nearest
 
 
 class MHAttentionMap(nn.Module):
@@ -76,19 +76,24 @@ class SharedPlusPerQueryConv(nn.Module):
 class UpsampledPlusSharedConv(nn.Module):
   """The 3x3 conv (padding 1, with bias) of resize_nearest(per_query) + shared, where per_query is
   [B * Q, h, w, C] and `shared` [B, H, W, C] is the same for every query: the conv is linear, so the
-  shared map's share is computed once per image, and the upsampled one at the source resolution
-  (`conv3x3_of_resize_nearest`). Parameters are those of nn.Conv(features, (3, 3)).
-  -> [B * Q, H, W, features].
+  shared map's share is computed once per image. at_source_resolution: the upsampled map's share is
+  computed at the source resolution (`conv3x3_of_resize_nearest`, a quarter of the work for inference;
+  its gradient would scatter-add, so training upsamples first). Parameters are those of
+  nn.Conv(features, (3, 3)). -> [B * Q, H, W, features].
   """
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, per_query, shared):
+  def __call__(self, per_query, shared, at_source_resolution: bool = True):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, shared.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     per_query, shared, kernel, bias = nn.dtypes.promote_dtype(per_query, shared, kernel, bias, dtype=self.dtype)
-    y = conv3x3_of_resize_nearest(per_query, kernel, shared.shape[1:3])
+    size = shared.shape[1:3]
+    if at_source_resolution:
+      y = conv3x3_of_resize_nearest(per_query, kernel, size)
+    else:
+      y = _conv3x3(resize_nearest(per_query, size), kernel)
     return _add_per_image(y, _conv3x3(shared, kernel) + bias)
 
 
@@ -96,13 +101,14 @@ class MaskHeadSmallConv(nn.Module):
   """FPN-style conv head producing one mask logit map per query at stride 4.
 
   x [B, h, w, d] (input_proj of layer4), bbox_mask [B, Q, heads, h, w], fpns = [layer3, layer2,
-  layer1] features -> [B, Q, H4, W4] (float32).
+  layer1] features -> [B, Q, H4, W4] (float32). inference: the upsampled maps' convolutions at their
+  source resolution (see UpsampledPlusSharedConv).
   """
   hidden_dim: int
   dtype: Any = jnp.float32  # of the convolutions and activations
 
   @nn.compact
-  def __call__(self, x, bbox_mask, fpns):
+  def __call__(self, x, bbox_mask, fpns, inference: bool = True):
     b, nq, heads, h, w = bbox_mask.shape
     dims = mask_head_widths(self.hidden_dim, heads)
     conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
@@ -119,7 +125,7 @@ class MaskHeadSmallConv(nn.Module):
     for k, fpn in enumerate(fpns, start=1):  # lay{k + 2} reads upsampled x + the adapted features
       adapted = Conv1x1(dims[k], dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
-      x = gn_relu(UpsampledPlusSharedConv(dims[k + 1], self.dtype, name=f"lay{k + 2}")(x, adapted), k + 2)
+      x = gn_relu(UpsampledPlusSharedConv(dims[k + 1], self.dtype, name=f"lay{k + 2}")(x, adapted, inference), k + 2)
     x = conv(1, "out_lay")(x)
     return x.reshape(b, nq, *x.shape[1:3]).astype(jnp.float32)
 
@@ -130,7 +136,8 @@ class DETRsegm(nn.Module):
   mask_queries K > 0 (inference): masks only for the K queries most likely to be kept by the
   panoptic post-processing (highest top score among those whose top class is not no-object);
   pred_masks is then [B, K, H4, W4] and mask_query_index [B, K] says which queries they are. The
-  mask head treats queries independently, so these masks equal the full model's.
+  mask head treats queries independently, so these masks equal the full model's. deterministic
+  (inference) also selects the mask head's cheaper order of sums (MaskHeadSmallConv).
   """
   detr: DETR
   mask_queries: int = 0
@@ -151,5 +158,5 @@ class DETRsegm(nn.Module):
     self.sow("intermediates", "bbox_mask", bbox_mask)
     levels = internals["levels"]
     masks = MaskHeadSmallConv(hidden_dim, self.detr.dtype, name="mask_head")(
-        internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]])
+        internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]], inference=deterministic)
     return {**outputs, "pred_masks": masks}
