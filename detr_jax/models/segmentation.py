@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from detr_jax.architecture import MASK_HEAD_GROUPS, mask_head_widths
 from detr_jax.models.backbone import Conv1x1
 from detr_jax.models.detr import DETR
-from detr_jax.ops.resize import conv3x3_of_resize_nearest, resize_nearest
+from detr_jax.ops.resize import resize_nearest
 
 
 class MHAttentionMap(nn.Module):
@@ -44,17 +44,6 @@ def _group_norm(name, dtype):
   return nn.GroupNorm(num_groups=MASK_HEAD_GROUPS, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def _conv3x3(x, kernel):
-  """x [N, H, W, C] conv kernel [3, 3, C, F] (HWIO), padding 1."""
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _add_per_image(per_query, per_image):
-  """per_query [B * Q, ...] + per_image [B, ...] broadcast over each image's Q queries."""
-  b = per_image.shape[0]
-  return (per_query.reshape(b, -1, *per_query.shape[1:]) + per_image[:, None]).reshape(per_query.shape)
-
-
 class SharedPlusPerQueryConv(nn.Module):
   """The 3x3 conv (padding 1, with bias) of the channel concatenation [shared, per_query], where
   `shared` [B, h, w, C1] is the same for every query and per_query is [B * Q, h, w, C2]: the conv is
@@ -70,45 +59,25 @@ class SharedPlusPerQueryConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c1 + per_query.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     shared, per_query, kernel, bias = nn.dtypes.promote_dtype(shared, per_query, kernel, bias, dtype=self.dtype)
-    return _add_per_image(_conv3x3(per_query, kernel[:, :, c1:]), _conv3x3(shared, kernel[:, :, :c1]) + bias)
-
-
-class UpsampledPlusSharedConv(nn.Module):
-  """The 3x3 conv (padding 1, with bias) of resize_nearest(per_query) + shared, where per_query is
-  [B * Q, h, w, C] and `shared` [B, H, W, C] is the same for every query: the conv is linear, so the
-  shared map's share is computed once per image. at_source_resolution: the upsampled map's share is
-  computed at the source resolution (`conv3x3_of_resize_nearest`, a quarter of the work for inference;
-  its gradient would scatter-add, so training upsamples first). Parameters are those of
-  nn.Conv(features, (3, 3)). -> [B * Q, H, W, features].
-  """
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, per_query, shared, at_source_resolution: bool = True):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, shared.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    per_query, shared, kernel, bias = nn.dtypes.promote_dtype(per_query, shared, kernel, bias, dtype=self.dtype)
-    size = shared.shape[1:3]
-    if at_source_resolution:
-      y = conv3x3_of_resize_nearest(per_query, kernel, size)
-    else:
-      y = _conv3x3(resize_nearest(per_query, size), kernel)
-    return _add_per_image(y, _conv3x3(shared, kernel) + bias)
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    common = conv(shared, kernel[:, :, :c1]) + bias
+    y = conv(per_query, kernel[:, :, c1:])
+    b = shared.shape[0]
+    return (y.reshape(b, -1, *y.shape[1:]) + common[:, None]).reshape(y.shape)
 
 
 class MaskHeadSmallConv(nn.Module):
   """FPN-style conv head producing one mask logit map per query at stride 4.
 
   x [B, h, w, d] (input_proj of layer4), bbox_mask [B, Q, heads, h, w], fpns = [layer3, layer2,
-  layer1] features -> [B, Q, H4, W4] (float32). inference: the upsampled maps' convolutions at their
-  source resolution (see UpsampledPlusSharedConv).
+  layer1] features -> [B, Q, H4, W4] (float32).
   """
   hidden_dim: int
   dtype: Any = jnp.float32  # of the convolutions and activations
 
   @nn.compact
-  def __call__(self, x, bbox_mask, fpns, inference: bool = True):
+  def __call__(self, x, bbox_mask, fpns):
     b, nq, heads, h, w = bbox_mask.shape
     dims = mask_head_widths(self.hidden_dim, heads)
     conv = lambda features, name: nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name)
@@ -119,13 +88,15 @@ class MaskHeadSmallConv(nn.Module):
       self.sow("intermediates", f"mask_head_gn{k}", x)
       return nn.relu(x)
 
+    conv_gn_relu = lambda x, k: gn_relu(conv(dims[k - 1], f"lay{k}")(x), k)
     # lay1 reads [x broadcast to every query, the query's attention maps]
-    x = gn_relu(SharedPlusPerQueryConv(dims[0], self.dtype, name="lay1")(x, bbox_mask), 1)
-    x = gn_relu(conv(dims[1], "lay2")(x), 2)
-    for k, fpn in enumerate(fpns, start=1):  # lay{k + 2} reads upsampled x + the adapted features
+    x = conv_gn_relu(gn_relu(SharedPlusPerQueryConv(dims[0], self.dtype, name="lay1")(x, bbox_mask), 1), 2)
+    for k, fpn in enumerate(fpns, start=1):
       adapted = Conv1x1(dims[k], dtype=self.dtype, name=f"adapter{k}")(fpn)
       self.sow("intermediates", f"mask_head_adapter{k}", adapted)
-      x = gn_relu(UpsampledPlusSharedConv(dims[k + 1], self.dtype, name=f"lay{k + 2}")(x, adapted, inference), k + 2)
+      fh, fw = adapted.shape[1:3]
+      x = resize_nearest(x, (fh, fw)).reshape(b, nq, fh, fw, -1) + adapted[:, None]
+      x = conv_gn_relu(x.reshape(b * nq, fh, fw, -1), k + 2)
     x = conv(1, "out_lay")(x)
     return x.reshape(b, nq, *x.shape[1:3]).astype(jnp.float32)
 
@@ -136,8 +107,7 @@ class DETRsegm(nn.Module):
   mask_queries K > 0 (inference): masks only for the K queries most likely to be kept by the
   panoptic post-processing (highest top score among those whose top class is not no-object);
   pred_masks is then [B, K, H4, W4] and mask_query_index [B, K] says which queries they are. The
-  mask head treats queries independently, so these masks equal the full model's. deterministic
-  (inference) also selects the mask head's cheaper order of sums (MaskHeadSmallConv).
+  mask head treats queries independently, so these masks equal the full model's.
   """
   detr: DETR
   mask_queries: int = 0
@@ -158,5 +128,5 @@ class DETRsegm(nn.Module):
     self.sow("intermediates", "bbox_mask", bbox_mask)
     levels = internals["levels"]
     masks = MaskHeadSmallConv(hidden_dim, self.detr.dtype, name="mask_head")(
-        internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]], inference=deterministic)
+        internals["src_proj"], bbox_mask, [levels[2], levels[1], levels[0]])
     return {**outputs, "pred_masks": masks}
