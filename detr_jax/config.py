@@ -424,6 +424,9 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   if d % per_axis:
     raise UserError(f"config key model.hidden_dim ({d}) must be a multiple of {per_axis} for the "
                     f"{model.position_embedding} position embedding")
+  if model.dilation and not RESNET_SPECS[model.backbone][1]:
+    raise UserError(f"config key model.dilation (DC5) needs a bottleneck backbone (resnet50, resnet101), "
+                    f"not {model.backbone}")
   layers = model.get("backbone_layers", 4)
   if layers not in (3, 4):
     raise UserError(f"config key model.backbone_layers must be 4 (official) or 3 (the transformer reads layer3), "
@@ -431,9 +434,6 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   if layers != 4 and (model.dilation or model.masks):
     raise UserError(f"config key model.backbone_layers={layers} leaves out layer4, which model.dilation (DC5) and "
                     f"model.masks (the panoptic head) need: use 4")
-  if model.dilation and not RESNET_SPECS[model.backbone][1]:
-    raise UserError(f"config key model.dilation (DC5) needs a bottleneck backbone (resnet50, resnet101), "
-                    f"not {model.backbone}")
   attention = model.get("attention", "reference")
   if attention != "reference" and model.dropout > 0:
     raise UserError(f"config key model.attention={attention!r} has no dropout on the attention weights (the official "

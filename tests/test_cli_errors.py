@@ -241,9 +241,9 @@ def _script(path):
     ("train_step.py", ["--batch", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 800 "
                                         "1088, 0, 10, 7"),
     ("train_step.py", ["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
-    ("train_step.py", ["--model", "synthetic"], "--objects 7: more than --model synthetic's 6 queries"),  # was:
+    ("train_step.py", ["--model", "synthetic"], "--objects 7: more than --model synthetic's 4 queries"),  # was:
     # ValueError from the matcher callback after compiling
-    ("profile_step.py", ["--model", "synthetic"], "--objects 8: more than --model synthetic's 6 queries"),
+    ("profile_step.py", ["--model", "synthetic"], "--objects 8: more than --model synthetic's 4 queries"),
     ("profile_step.py", ["--reps", "0"], "--size, --batch and --reps must be positive and --objects >= 0, got 512 "
                                          "683, 2, 0, 8"),
     ("profile_step.py", ["--model", "detr_resnet50_panoptic"], "--model detr_resnet50_panoptic: the profile covers "
