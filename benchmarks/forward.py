@@ -1,11 +1,13 @@
 """Time a jitted eval-mode forward of a released variant; the last line printed is JSON.
 
-  python benchmarks/forward.py --model detr_resnet50 --size 800 1066 --batch 1 --reps 5
+  python benchmarks/forward.py --model detr_resnet50 --size 800 1066 --batch 1 --reps 5 [--runtime onnxruntime]
 
 Weights come from fill procedure v1 (no download needed; speed does not depend on values).
-Compile time is reported separately; median_s / min_s are over --reps runs after it.
+Compile time (jax) or export and session time (onnxruntime, `detr_jax.onnx_runtime`; --threads as
+official_bench.py's) is reported separately; median_s / min_s are over --reps runs after it.
 """
 import argparse
+import importlib.metadata
 import json
 import statistics
 import time
@@ -25,6 +27,8 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--isolate-padding", action="store_true", help="the batch-invariant model (see ResNet)")
+  parser.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax")
+  parser.add_argument("--threads", type=int, default=0, help="onnxruntime's intra-op threads (0: its default)")
   args = parser.parse_args(argv)
   if min(args.size) < 1 or args.batch < 1 or args.reps < 1:
     parser.error(f"--size, --batch and --reps must be positive, got {args.size[0]} {args.size[1]}, {args.batch}, "
@@ -32,27 +36,34 @@ def main(argv=None):
 
   cfg = variant_config(args.model).model
   params = filled_params(cfg)
-  params = jax.device_put(params)
-  model = build_model(cfg, isolate_padding=args.isolate_padding)
+  model = build_model(cfg, isolate_padding=args.isolate_padding, for_onnx=args.runtime == "onnxruntime")
   h, w = args.size
-  images = jax.device_put(np.random.default_rng(0).normal(size=(args.batch, h, w, 3)).astype(np.float32))
-  mask = jax.device_put(np.zeros((args.batch, h, w), bool))
-  forward = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m))
-
+  images = np.random.default_rng(0).normal(size=(args.batch, h, w, 3)).astype(np.float32)
+  mask = np.zeros((args.batch, h, w), bool)
   start = time.perf_counter()
-  compiled = forward.lower(params, images, mask).compile()
+  if args.runtime == "onnxruntime":
+    from detr_jax.onnx_runtime import OnnxFunction
+    forward = OnnxFunction(lambda x, m: model.apply({"params": params}, x, m), args.threads)
+    forward.session(images, mask)
+  else:
+    params, images, mask = jax.device_put((params, images, mask))
+    compiled = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m)).lower(params, images, mask).compile()
+    forward = lambda x, m: compiled(params, x, m)
   compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(params, images, mask))  # warm-up
+  jax.block_until_ready(forward(images, mask))  # warm-up
   times = []
   for i in range(args.reps):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(params, images, mask))
+    jax.block_until_ready(forward(images, mask))
     times.append(time.perf_counter() - start)
     print(f"rep {i + 1}/{args.reps}: {times[-1]:.3f} s", flush=True)
   print(json.dumps({"model": args.model, "size": [h, w], "batch": args.batch, "reps": args.reps,
                     "isolate_padding": args.isolate_padding,
+                    "runtime": args.runtime,
                     "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
                     "compile_s": round(compile_s, 2), "jax": jax.__version__,
+                    **({"onnxruntime": importlib.metadata.version("onnxruntime"), "threads": args.threads}
+                       if args.runtime == "onnxruntime" else {}),
                     "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}))
 
 

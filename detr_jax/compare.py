@@ -1,7 +1,7 @@
 """Compare our outputs with reference outputs of the official PyTorch code.
 
   python -m detr_jax.compare model --checkpoint DIR --inputs INPUTS.npz --reference REF.npz \
-      [--atol 1e-4] [--rtol 1e-4] [--intermediates] [--save OUT.npz]
+      [--atol 1e-4] [--rtol 1e-4] [--intermediates] [--save OUT.npz] [--runtime jax|onnxruntime]
 
 INPUTS.npz: images_padded (float32 NCHW), mask (bool, True = padding), optionally
 orig_target_sizes (int, rows (h, w)). REF.npz: any of the arrays named in MODEL_KEYS, in the
@@ -9,6 +9,8 @@ layout of the official reference data. An array passes when
 max|ours - ref| <= atol + rtol * max|ref| (integer and bool arrays: exactly equal).
 transformers' names are accepted too: INPUTS.npz with pixel_values (NCHW) and pixel_mask (1 = real
 pixel, the reverse of our mask), REF.npz with logits (= pred_logits), pred_boxes, pred_masks.
+--runtime onnxruntime checks the forward exported to ONNX and run by onnxruntime
+(detr_jax/onnx_runtime.py; outputs only, no intermediates).
 
   python -m detr_jax.compare criterion --reference CRITERION.npz [--atol 1e-5] [--rtol 1e-4] \
       [--backend scipy|optax]
@@ -134,13 +136,19 @@ def check_inputs(inputs: dict, path: str) -> None:
                     f"{(batch, 2)} numbers: (h, w) per image")
 
 
-def run_model(config, params, images_nchw, mask, intermediates: bool = False):
-  """Eval-mode forward in float32 at highest matmul precision; returns (outputs, intermediates)."""
+def run_model(config, params, images_nchw, mask, intermediates: bool = False, runtime: str = "jax"):
+  """Eval-mode forward in float32 at highest matmul precision; returns (outputs, intermediates).
+  runtime onnxruntime: the forward's ONNX export run by onnxruntime (no intermediates)."""
   import jax
 
   from detr_jax.models import build_model
-  model = build_model(config.model)
   images = np.asarray(images_nchw, np.float32).transpose(0, 2, 3, 1)
+  if runtime == "onnxruntime":
+    from detr_jax.onnx_runtime import OnnxFunction  # the optional onnx extra
+    model = build_model(config.model, for_onnx=True)
+    outputs = OnnxFunction(lambda x, m: model.apply({"params": params}, x, m))(images, np.asarray(mask, bool))
+    return jax.tree_util.tree_map(np.asarray, outputs), {}
+  model = build_model(config.model)
   mutable = ["intermediates"] if intermediates else []
   with jax.default_matmul_precision("highest"):
     outputs, state = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m, mutable=mutable))(
@@ -175,11 +183,13 @@ def compare_model(args) -> int:
     if key not in ref:
       raise UserError(f"reference {args.reference}: missing array {key!r}; at least {', '.join(REQUIRED_KEYS)} "
                       "are needed")
+  if args.runtime == "onnxruntime" and args.intermediates:
+    raise UserError("--intermediates needs --runtime jax: the ONNX graph gives the outputs only")
   config, params = load_model(args.checkpoint)
   print(f"model {config.get('name', '?')}: {config.model.backbone}, {config.model.enc_layers}+"
         f"{config.model.dec_layers} layers, d={config.model.hidden_dim}; inputs {inputs['images_padded'].shape}")
   outputs, inter = run_model(config, params, inputs["images_padded"], inputs["mask"],
-                             intermediates=args.intermediates or bool(args.save))
+                             intermediates=args.intermediates or bool(args.save), runtime=args.runtime)
   ours = reference_arrays(outputs, inter, config.model.num_queries, config.model.masks) if inter else dict(outputs)
   if "orig_target_sizes" in inputs:
     scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"],
@@ -537,6 +547,8 @@ def main(argv=None) -> int:
   model.add_argument("--intermediates", action="store_true",
                      help="also compare intermediate arrays present in REF (backbone levels, hs, ...)")
   model.add_argument("--save", help="write our arrays (outputs and intermediates) to this .npz")
+  model.add_argument("--runtime", choices=("jax", "onnxruntime"), default="jax",
+                     help="run our forward jit-compiled (jax) or exported to ONNX (onnxruntime; needs the onnx extra)")
   criterion = sub.add_parser("criterion", help="run our matcher and criterion on stored predictions and targets")
   criterion.add_argument("--reference", required=True, help="CRITERION.npz with inputs and reference results")
   criterion.add_argument("--atol", type=float, default=1e-5)

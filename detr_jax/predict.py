@@ -1,7 +1,7 @@
 """Run a model checkpoint on images: detections (and panoptic segments) drawn and written as JSON.
 
   python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N] \
-      [--dtype float32|bfloat16] [--mask-queries 25]
+      [--dtype float32|bfloat16] [--mask-queries 25] [--runtime jax|onnxruntime]
 
 DIR: a converted official checkpoint or a training checkpoint (WORKDIR/checkpoints/<step>). Images
 are prepared as the validation pipeline prepares them (the training config's dataset settings, else
@@ -35,6 +35,7 @@ stderr and the others are still processed. Exit code 0, or 1 if any file failed 
 error (checkpoint, output directory; one `error: ...` line).
 """
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -143,16 +144,20 @@ def prepare_batch(images, prep: Preprocessing) -> dict:
   return collate(examples, pad_to=padded, max_objects=0)
 
 
-def make_forward(model):
-  """jitted (params, images, mask, orig_size) -> model outputs plus postprocess_boxes' scores,
-  labels [B, Q] and boxes [B, Q, 4] (xyxy, original pixels); compiled once per input shape."""
+def make_forward(model, params, runtime: str = "jax"):
+  """(images, mask, orig_size) -> model outputs plus postprocess_boxes' scores, labels [B, Q] and
+  boxes [B, Q, 4] (xyxy, original pixels); compiled (jax) or exported to ONNX (onnxruntime, see
+  `detr_jax.onnx_runtime`; model built for_onnx) once per input shape."""
   def forward(params, images, mask, orig_size):
     outputs = model.apply({"params": params}, images, mask)
     scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], orig_size)
     keys = ("pred_logits", "pred_boxes", "pred_masks", "mask_query_index")
     return {**{k: outputs[k] for k in keys if k in outputs}, "scores": scores, "labels": labels, "boxes": boxes}
 
-  return jax.jit(forward)
+  if runtime == "onnxruntime":
+    from detr_jax.onnx_runtime import OnnxFunction  # the optional onnx extra
+    return OnnxFunction(functools.partial(forward, params))
+  return functools.partial(jax.jit(forward), jax.device_put(params))
 
 
 def masks_cover(out: dict, threshold: float) -> bool:
@@ -266,9 +271,10 @@ def batches(items, size: int):
 
 
 def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int, dtype: str = "float32",
-            mask_queries: int = MASK_QUERIES) -> int:
-  """Runs the checkpoint on every image of `paths` in batches, computing in `dtype`, and writes the
-  outputs; returns the number of files that failed (each reported in one `error: FILE: reason` line).
+            mask_queries: int = MASK_QUERIES, runtime: str = "jax") -> int:
+  """Runs the checkpoint on every image of `paths` in batches, computing in `dtype` with `runtime`
+  (jax or onnxruntime), and writes the outputs; returns the number of files that failed (each
+  reported in one `error: FILE: reason` line).
 
   Mask models compute masks for the `mask_queries` likeliest queries only (0: all); a batch whose
   results need a mask outside them (`masks_cover`) is run again with every query's mask."""
@@ -279,11 +285,13 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
     config.model.dtype = dtype
     if dtype != "bfloat16" and config.model.get("attention") == "cudnn":
       config.model.attention = "xla"  # cuDNN's fused attention needs bf16; xla's is exact
+  if runtime == "onnxruntime" and dtype != "float32":
+    raise UserError(f"--runtime onnxruntime computes in float32 (got --dtype {dtype})")
   prep, names = preprocessing(config), class_names(config, checkpoint)
-  forward = every_query = make_forward(build_model(config.model, isolate_padding=True))
+  model = functools.partial(build_model, config.model, isolate_padding=True, for_onnx=runtime == "onnxruntime")
+  forward = every_query = make_forward(model(), params, runtime)
   if config.model.masks and 0 < mask_queries < config.model.num_queries:
-    forward = make_forward(build_model(config.model, isolate_padding=True, mask_queries=mask_queries))
-  params = jax.device_put(params)
+    forward = make_forward(model(mask_queries=mask_queries), params, runtime)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except FileExistsError:
@@ -293,7 +301,7 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
   failed = []
   for chunk in batches(readable_images(paths, failed), batch_size):
     batch = prepare_batch([image for _, image in chunk], prep)
-    inputs = (params, batch["images"], batch["mask"], batch["orig_size"])
+    inputs = (batch["images"], batch["mask"], batch["orig_size"])
     out = jax.device_get(forward(*inputs))
     if "mask_query_index" in out and not masks_cover(out, threshold):
       out = jax.device_get(every_query(*inputs))
@@ -320,6 +328,9 @@ def main(argv=None) -> int:
   parser.add_argument("--mask-queries", type=int, default=MASK_QUERIES,
                       help=f"mask models: compute masks for the K likeliest queries only, 0 = all (default: "
                            f"{MASK_QUERIES}; a batch that needs more is run again with all)")
+  parser.add_argument("--runtime", default="jax", choices=("jax", "onnxruntime"),
+                      help="jax (jit-compiled, default) or onnxruntime (the same forward exported to ONNX once per "
+                           "input shape; CPU; needs the onnx extra)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be at least 1")
@@ -328,7 +339,7 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   try:
     failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size, args.dtype,
-                     args.mask_queries)
+                     args.mask_queries, args.runtime)
   except UserError as e:  # a bad checkpoint or output directory
     report(e)
     return 1

@@ -9,7 +9,7 @@ import tomllib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("train.py", "convert_torch_weights.py")
 # Modules that only work with an optional extra installed; the rest of the package imports them lazily.
-EXTRA_MODULES = {"detr_jax.data.tfds_source": "tfds"}
+EXTRA_MODULES = {"detr_jax.data.tfds_source": "tfds", "detr_jax.onnx_runtime": "onnx"}
 
 
 def _normalise(distribution: str) -> str:

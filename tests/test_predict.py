@@ -362,8 +362,8 @@ def test_masks_of_the_likeliest_queries_give_the_full_models_results(tmp_path, m
   calls = []
   make_forward = predict.make_forward
 
-  def recording(model):  # which model each forward call runs: its mask_queries
-    forward = make_forward(model)
+  def recording(model, *args):  # which model each forward call runs: its mask_queries
+    forward = make_forward(model, *args)
     return lambda *inputs: calls.append(model.mask_queries) or forward(*inputs)
 
   monkeypatch.setattr(predict, "make_forward", recording)

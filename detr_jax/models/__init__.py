@@ -13,11 +13,13 @@ from detr_jax.models.transformer import TransformerConfig
 ADDED_FIELD_DEFAULTS = {"backbone_layers": 4, "dtype": "float32", "remat": "none", "attention": "reference"}
 
 
-def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False, mask_queries: int = 0):
+def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False, mask_queries: int = 0,
+                for_onnx: bool = False):
   """DETR, or DETRsegm when cfg.masks, from a `detr_jax.config.model_config`.
 
   Inference options that leave the parameters unchanged: isolate_padding (batch-invariant
-  backbone features, see `ResNet`); mask_queries (masks for the K likeliest queries, see `DETRsegm`).
+  backbone features, see `ResNet`); mask_queries (masks for the K likeliest queries, see `DETRsegm`);
+  for_onnx (1x1 convolutions as convolutions, which ONNX runtimes run fastest, see `Conv1x1`).
   """
   added = {key: cfg.get(key, default) for key, default in ADDED_FIELD_DEFAULTS.items()}
   dtype = jnp.dtype(added["dtype"])
@@ -27,5 +29,6 @@ def build_model(cfg: ml_collections.ConfigDict, isolate_padding: bool = False, m
   detr = DETR(num_classes=cfg.num_classes, num_queries=cfg.num_queries, transformer_config=transformer,
               backbone=cfg.backbone, dilation=cfg.dilation, position_embedding=cfg.position_embedding,
               aux_loss=cfg.aux_loss, isolate_padding=isolate_padding, dtype=dtype,
-              remat_backbone=added["remat"] in ("backbone", "all"), backbone_layers=added["backbone_layers"])
+              remat_backbone=added["remat"] in ("backbone", "all"), backbone_layers=added["backbone_layers"],
+              matmul_1x1=not for_onnx)
   return DETRsegm(detr, mask_queries=mask_queries) if cfg.masks else detr

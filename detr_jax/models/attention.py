@@ -32,11 +32,12 @@ def reference_attention(q, k, v, key_padding_mask, dropout):
   """q [B, Q, h, c] (scaled), k, v [B, K, h, c], key_padding_mask [B, K] or None -> [B, Q, h, c].
 
   dropout: a function applied to the float32 weights [B, h, Q, K]."""
-  logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, preferred_element_type=jnp.float32)
-  if key_padding_mask is not None:
-    logits = jnp.where(padding_to_attention_mask(key_padding_mask), logits, -jnp.inf)
+  heads_first = lambda t: t.transpose(0, 2, 1, 3)  # [B, h, L, c]: plain batched matmuls (ONNX MatMul)
+  logits = jnp.matmul(heads_first(q), heads_first(k).swapaxes(-1, -2), preferred_element_type=jnp.float32)
+  if key_padding_mask is not None:  # + 0 or + -inf: exact, and cheaper than a select over [B, h, Q, K]
+    logits = logits + jnp.where(padding_to_attention_mask(key_padding_mask), 0.0, -jnp.inf)
   weights = dropout(jax.nn.softmax(logits, axis=-1))
-  return jnp.einsum("bhqk,bkhc->bqhc", weights.astype(v.dtype), v)
+  return heads_first(jnp.matmul(weights.astype(v.dtype), heads_first(v)))
 
 
 def fused_attention(q, k, v, key_padding_mask, implementation):
@@ -59,6 +60,12 @@ def fused_attention(q, k, v, key_padding_mask, implementation):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation=implementation)
 
 
+def _linear(x, kernel, bias):
+  """x [..., d] @ kernel [d, n] + bias [n] as one 2-D matmul (what nn.Dense computes; the ONNX
+  export gets a Gemm rather than an Einsum)."""
+  return (x.reshape(-1, x.shape[-1]) @ kernel + bias).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 class MultiheadAttention(nn.Module):
   """query [B, Q, d], key/value [B, K, d], key_padding_mask [B, K] (True = ignore) -> [B, Q, d].
 
@@ -77,12 +84,13 @@ class MultiheadAttention(nn.Module):
     bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
     is_self_attention = query is key
     query, key, value, kernel, bias = nn.dtypes.promote_dtype(query, key, value, kernel, bias, dtype=self.dtype)
+    project = lambda x, rows: _linear(x, kernel[:, rows], bias[rows])
     if is_self_attention:  # one matmul for q and k
-      q, k = jnp.split(query @ kernel[:, :2 * d] + bias[:2 * d], 2, axis=-1)
+      q, k = jnp.split(project(query, slice(0, 2 * d)), 2, axis=-1)
     else:
-      q = query @ kernel[:, :d] + bias[:d]
-      k = key @ kernel[:, d:2 * d] + bias[d:2 * d]
-    v = value @ kernel[:, 2 * d:] + bias[2 * d:]
+      q = project(query, slice(0, d))
+      k = project(key, slice(d, 2 * d))
+    v = project(value, slice(2 * d, 3 * d))
     q = q * head_dim ** -0.5
 
     split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)

@@ -40,30 +40,45 @@ class FrozenBatchNorm(nn.Module):
 
 
 class Conv1x1(nn.Module):
-  """1x1 conv (optionally strided) computed as a matmul over channels: on CPU XLA runs this
-  several times faster than a 1x1 convolution. Parameters are those of nn.Conv."""
+  """1x1 conv (optionally strided); parameters are those of nn.Conv.
+
+  as_matmul: a matmul over channels, which XLA:CPU runs several times faster than a 1x1
+  convolution; False: a convolution, which ONNX runtimes fuse with the FrozenBatchNorm after it
+  and run in their blocked conv layout (see `detr_jax.onnx_export`)."""
   features: int
   stride: int = 1
   use_bias: bool = True
   dtype: Any = jnp.float32
+  as_matmul: bool = True
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features))
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    y = x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
+    if self.as_matmul:
+      y = x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if not self.use_bias:
       return y
     return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
-def _conv(features, kernel, stride=1, dilation=1, dtype=jnp.float32, name=None):
+def _conv(features, kernel, stride=1, dilation=1, dtype=jnp.float32, matmul_1x1=True, name=None):
   """Bias-free conv with torch's explicit symmetric padding (never "SAME")."""
   if kernel == 1:
-    return Conv1x1(features, stride, use_bias=False, dtype=dtype, name=name)
+    return Conv1x1(features, stride, use_bias=False, dtype=dtype, as_matmul=matmul_1x1, name=name)
   pad = dilation * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
                  kernel_dilation=(dilation, dilation), use_bias=False, dtype=dtype, name=name)
+
+
+def _max_pool_3x3_stride2(x):
+  """torch's MaxPool2d(3, stride=2, padding=1) on NHWC: the padding cells are -inf. (Padded here
+  rather than by nn.max_pool, whose jax2onnx plugin drops explicit padding.)"""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
 
 def _zero_padding(x, valid):
@@ -85,9 +100,10 @@ class _Block(nn.Module):
   dilation: int = 1
   downsample: bool = False
   dtype: Any = jnp.float32
+  matmul_1x1: bool = True  # see Conv1x1.as_matmul
 
   def conv(self, features, kernel, stride=1, dilation=1, name=None):
-    return _conv(features, kernel, stride, dilation, self.dtype, name)
+    return _conv(features, kernel, stride, dilation, self.dtype, self.matmul_1x1, name)
 
   def bn(self, features, name):
     return FrozenBatchNorm(features, self.dtype, name=name)
@@ -134,13 +150,15 @@ class ResNet(nn.Module):
 
   dtype: of the convolutions and the activations. remat: each residual block is recomputed in
   the backward pass instead of storing its activations (the block inputs are kept). num_layers:
-  the stages built, 4 as torchvision; 3 ends the network at layer3 (stride 16).
+  the stages built, 4 as torchvision; 3 ends the network at layer3 (stride 16). matmul_1x1: see
+  Conv1x1.as_matmul.
   """
   arch: str = "resnet50"
   dilation: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
   num_layers: int = 4
+  matmul_1x1: bool = True
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -149,14 +167,14 @@ class ResNet(nn.Module):
     x = nn.relu(FrozenBatchNorm(STEM_CHANNELS, self.dtype, name="bn1")(stem(x)))
     x = _zero_padding(x, _strided(valid, 2))  # >= 0 after the ReLU, so 0 never wins the max pool
     valid = _strided(valid, 4)
-    x = _zero_padding(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))), valid)
+    x = _zero_padding(_max_pool_3x3_stride2(x), valid)
     levels = []
     for blocks in resnet_stages(self.arch, self.dilation)[:self.num_layers]:
       for block in blocks:
         block_cls = Bottleneck if block.bottleneck else BasicBlock
         block_cls = nn.remat(block_cls) if self.remat else block_cls
         x = block_cls(block.width, block.stride, block.dilation, block.downsample, self.dtype,
-                      name=f"layer{block.stage}_{block.index}")(x, valid)
+                      self.matmul_1x1, name=f"layer{block.stage}_{block.index}")(x, valid)
         valid = _strided(valid, block.stride)
       levels.append(x)
     return levels

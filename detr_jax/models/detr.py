@@ -52,6 +52,7 @@ class DETR(nn.Module):
   dtype: Any = jnp.float32  # compute dtype of the backbone and input_proj (the transformer's is in its config)
   remat_backbone: bool = False  # recompute each residual block in the backward pass
   backbone_layers: int = 4  # the transformer reads layer4 (C5, official) or, with 3, layer3 (C4, stride 16)
+  matmul_1x1: bool = True  # 1x1 convolutions as matmuls (XLA) or convolutions (ONNX), see Conv1x1
 
   @property
   def hidden_dim(self) -> int:
@@ -60,7 +61,7 @@ class DETR(nn.Module):
   @nn.compact
   def __call__(self, images, mask, deterministic: bool = True, return_internals: bool = False):
     levels = ResNet(self.backbone, self.dilation, self.dtype, self.remat_backbone, self.backbone_layers,
-                    name="backbone")(
+                    self.matmul_1x1, name="backbone")(
         images, mask if self.isolate_padding else None)
     masks = [downsample_mask(mask, f.shape[1:3]) for f in levels]
     for i, (feat, feat_mask) in enumerate(zip(levels, masks)):
@@ -71,7 +72,7 @@ class DETR(nn.Module):
     else:
       pos_embed = PositionEmbeddingLearned(self.hidden_dim // 2, name="position_embedding")
     pos = pos_embed(masks[-1])
-    src_proj = Conv1x1(self.hidden_dim, dtype=self.dtype, name="input_proj")(levels[-1])
+    src_proj = Conv1x1(self.hidden_dim, dtype=self.dtype, as_matmul=self.matmul_1x1, name="input_proj")(levels[-1])
     query_embed = nn.Embed(self.num_queries, self.hidden_dim, embedding_init=nn.initializers.normal(1.0),
                            name="query_embed")(jnp.arange(self.num_queries))
     hs, memory = Transformer(self.transformer_config, name="transformer")(

@@ -1,0 +1,74 @@
+"""The inference forward as an ONNX graph run by onnxruntime (`--runtime onnxruntime`).
+
+jax2onnx traces the very JAX function that `jax.jit` would compile, parameters included as
+constants, for one set of input shapes; onnxruntime's CPU provider runs the graph. Build the model
+with `build_model(..., for_onnx=True)`: its 1x1 convolutions are then convolutions, which
+onnxruntime fuses with the FrozenBatchNorm after them (as a matmul they would be slow Einsum
+nodes). The outputs equal the jitted forward's up to float32 rounding: `python -m detr_jax.compare
+--runtime onnxruntime` checks them against the reference, tests/test_onnx_runtime.py against JAX.
+
+Needs the optional extra `onnx` (jax2onnx, onnx, onnxruntime): pip install -e '.[onnx]'.
+"""
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from detr_jax.errors import UserError
+
+
+def _require_extra():
+  """(jax2onnx.to_onnx, onnxruntime), or one line saying how to install them."""
+  try:
+    import onnxruntime
+    from jax2onnx import to_onnx
+  except ModuleNotFoundError as e:
+    raise UserError(f"--runtime onnxruntime needs the onnx extra (missing: {e.name}): "
+                    "pip install -e '.[onnx]'") from None
+  return to_onnx, onnxruntime
+
+
+def export(fn: Callable, *args, path: str | None = None):
+  """The ONNX model (onnx.ModelProto) of fn(*args) for args' shapes and dtypes, fn's closed-over
+  arrays as initializers; outputs named after fn's output tree (jax's flattening order). Also written
+  to `path` if given."""
+  to_onnx, _ = _require_extra()
+  specs = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args]
+  paths = jax.tree_util.tree_flatten_with_path(jax.eval_shape(fn, *specs))[0]
+  names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in paths]
+  model = to_onnx(fn, specs, model_name="detr_jax", output_names=names)
+  if path is not None:
+    with open(path, "wb") as f:
+      f.write(model.SerializeToString())
+  return model
+
+
+class OnnxFunction:
+  """fn(*arrays) -> a tree of arrays, computed by onnxruntime on the export of fn; each new set of
+  input shapes is exported once (tens of seconds for DETR-R50) and its session kept.
+
+  threads: onnxruntime's intra-op threads (0: its default, one per physical core)."""
+
+  def __init__(self, fn: Callable, threads: int = 0):
+    _require_extra()
+    self.fn, self.threads = fn, threads
+    self._sessions: dict[tuple, tuple[Any, Any]] = {}
+
+  def session(self, *args):
+    """(onnxruntime.InferenceSession, output treedef) for args' shapes, exported on first use."""
+    key = tuple((np.shape(a), np.asarray(a).dtype.str) for a in args)
+    if key not in self._sessions:
+      _, onnxruntime = _require_extra()
+      options = onnxruntime.SessionOptions()
+      options.intra_op_num_threads = self.threads
+      options.log_severity_level = 3  # errors only (not "removing unused initializer")
+      model = export(self.fn, *args)
+      session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+      treedef = jax.tree_util.tree_structure(jax.eval_shape(self.fn, *args))
+      self._sessions[key] = (session, treedef)
+    return self._sessions[key]
+
+  def __call__(self, *args):
+    session, treedef = self.session(*args)
+    feeds = {spec.name: np.asarray(a) for spec, a in zip(session.get_inputs(), args)}
+    return jax.tree_util.tree_unflatten(treedef, session.run(None, feeds))

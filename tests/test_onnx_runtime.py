@@ -1,0 +1,116 @@
+"""--runtime onnxruntime: the forward exported by jax2onnx equals the jitted JAX forward and the reference."""
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import convert_torch_weights
+from helpers import filled_state_dict, fixture_path, small_config
+from detr_jax import compare, predict
+from detr_jax.errors import UserError
+from detr_jax.torch_io.convert import filled_params
+from detr_jax.models import build_model
+from detr_jax.onnx_runtime import OnnxFunction, export
+from detr_jax.torch_io import save_pth
+from test_predict import _cat_and_tree_checkpoint, _image, _load
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """The public fixture's detection and panoptic checkpoints, converted from official-layout .pth files."""
+  tmp = tmp_path_factory.mktemp("onnx")
+  dirs = {}
+  for name in ("detection", "panoptic"):
+    save_pth({"model": filled_state_dict(name)}, str(tmp / f"{name}.pth"))
+    dirs[name] = str(tmp / name)
+    assert convert_torch_weights.main([str(tmp / f"{name}.pth"), dirs[name]]) == 0
+  return dirs
+
+
+@pytest.mark.parametrize("name", ["detection", "panoptic"])
+def test_compare_checks_the_onnx_forward_against_the_reference(name, converted, capsys):
+  argv = ["model", "--checkpoint", converted[name], "--inputs", fixture_path("inputs.npz"),
+          "--reference", fixture_path(f"{name}_small.npz"), "--runtime", "onnxruntime"]
+  assert compare.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "pred_logits" in out and "aux_pred_boxes" in out and "FAIL" not in out
+  assert ("pred_masks" in out) == (name == "panoptic")
+
+
+def test_compare_fails_when_the_onnx_forward_is_wrong(converted, tmp_path, capsys, monkeypatch):
+  """The check can fail: a graph that adds 1e-2 to the boxes is caught."""
+  run = OnnxFunction.__call__
+  monkeypatch.setattr(OnnxFunction, "__call__",
+                      lambda self, *args: {**(out := run(self, *args)), "pred_boxes": out["pred_boxes"] + 1e-2})
+  argv = ["model", "--checkpoint", converted["detection"], "--inputs", fixture_path("inputs.npz"),
+          "--reference", fixture_path("detection_small.npz"), "--runtime", "onnxruntime"]
+  assert compare.main(argv) == 1
+  assert "FAIL" in capsys.readouterr().out
+
+
+def test_onnx_function_equals_jax_for_each_input_shape():
+  """Padding, two shapes (one session each) and the batch-invariant backbone: outputs within 1e-5."""
+  cfg = small_config("detection")
+  params = filled_params(cfg, seed=1)
+  jax_model, onnx_model = build_model(cfg, isolate_padding=True), build_model(cfg, isolate_padding=True, for_onnx=True)
+  forward = OnnxFunction(lambda x, m: onnx_model.apply({"params": params}, x, m))
+  rng = np.random.default_rng(0)
+  for b, h, w in ((2, 64, 96), (1, 96, 64)):
+    images = rng.normal(size=(b, h, w, 3)).astype(np.float32)
+    mask = np.zeros((b, h, w), bool)
+    mask[-1, h // 2:] = True
+    images[mask] = 0
+    ours = forward(images, mask)
+    expected = jax.jit(jax_model.apply)({"params": params}, images, mask)
+    assert sorted(ours) == sorted(expected)
+    for key, value in expected.items():
+      scale = np.abs(np.asarray(value)).max()
+      np.testing.assert_allclose(ours[key], value, rtol=0, atol=1e-5 * scale, err_msg=key)
+  assert len(forward._sessions) == 2
+
+
+def test_export_writes_a_model_with_named_outputs(tmp_path):
+  import onnx
+  cfg = small_config("detection")
+  params = filled_params(cfg)
+  model = build_model(cfg, for_onnx=True)
+  export(lambda x, m: model.apply({"params": params}, x, m), np.zeros((1, 32, 32, 3), np.float32),
+         np.zeros((1, 32, 32), bool), path=str(tmp_path / "detr.onnx"))
+  graph = onnx.load(str(tmp_path / "detr.onnx")).graph
+  assert [o.name for o in graph.output] == ["aux_pred_boxes", "aux_pred_logits", "pred_boxes", "pred_logits"]
+  assert "Einsum" not in {node.op_type for node in graph.node}  # 1x1 convolutions are Conv nodes for onnxruntime
+
+
+def test_predict_with_onnxruntime_writes_the_jax_results(tmp_path, capsys):
+  """A mask model (top-K masks, then all queries when needed) and a batch of two bucket shapes."""
+  _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(128,))
+  _image(tmp_path / "scene.png", 75, 100, 4)
+  _image(tmp_path / "tall.png", 120, 60, 5)
+  paths = [str(tmp_path / "scene.png"), str(tmp_path / "tall.png")]
+  for runtime in ("jax", "onnxruntime"):
+    assert predict.main(["--checkpoint", str(tmp_path / "ckpt"), *paths, "--out-dir", str(tmp_path / runtime),
+                         "--threshold", "0.5", "--runtime", runtime]) == 0
+  capsys.readouterr()
+  for stem in ("scene", "tall"):
+    jax_record, onnx_record = _load(tmp_path / "jax" / f"{stem}.json"), _load(tmp_path / "onnxruntime" / f"{stem}.json")
+    assert jax_record["segments_info"] == onnx_record["segments_info"] and onnx_record["segments_info"]
+    assert len(jax_record["detections"]) == len(onnx_record["detections"])
+    for a, b in zip(jax_record["detections"], onnx_record["detections"]):
+      assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
+      np.testing.assert_allclose(a["box_xyxy"], b["box_xyxy"], atol=1e-2)
+
+
+def test_predict_refuses_bfloat16_on_onnxruntime(tmp_path, capsys):
+  _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(128,))
+  _image(tmp_path / "scene.png", 75, 100, 4)
+  assert predict.main(["--checkpoint", str(tmp_path / "ckpt"), str(tmp_path / "scene.png"), "--out-dir",
+                       str(tmp_path / "out"), "--runtime", "onnxruntime", "--dtype", "bfloat16"]) == 1
+  assert capsys.readouterr().err.strip() == "error: --runtime onnxruntime computes in float32 (got --dtype bfloat16)"
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+  monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ModuleNotFoundError
+  with pytest.raises(UserError, match=r"^--runtime onnxruntime needs the onnx extra \(missing: onnxruntime\): "
+                                      r"pip install -e '\.\[onnx\]'$"):
+    OnnxFunction(lambda x: x)
