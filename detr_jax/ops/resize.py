@@ -12,7 +12,7 @@ def resize_nearest(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
   """torch `interpolate(mode="nearest")` of x [B, H, W, ...] to `size` = (h, w)."""
   rows = torch_nearest_indices(x.shape[1], size[0])
   cols = torch_nearest_indices(x.shape[2], size[1])
-  return x[:, rows][:, :, cols]
+  return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)  # one ONNX Gather each (x[:, rows]: transposes)
 
 
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
