@@ -65,3 +65,17 @@ def test_three_backbone_layers_feed_layer3_to_the_transformer():
   np.testing.assert_array_equal(ours["levels"][2], theirs["levels"][2])
   with pytest.raises(UserError, match=r"^model.backbone_layers=3 \(the transformer reads layer3\) has no official"):
     official_layout(short)
+
+
+def test_group_norm_is_flax_two_pass_group_norm():
+  """The mask head's written-out GroupNorm against nn.GroupNorm(8, eps 1e-5, two-pass variance), on
+  maps whose mean is far from 0 (x * s + t must not lose the normalised values to cancellation)."""
+  import flax.linen as nn
+
+  from detr_jax.models.segmentation import GroupNorm
+  rng = np.random.default_rng(0)
+  x = (30 + 0.5 * rng.normal(size=(3, 5, 7, 32)) * rng.uniform(0.1, 2, size=(1, 1, 1, 32))).astype(np.float32)
+  params = {"scale": rng.normal(size=32).astype(np.float32), "bias": rng.normal(size=32).astype(np.float32)}
+  ours = GroupNorm().apply({"params": params}, x)
+  flax_gn = nn.GroupNorm(num_groups=8, epsilon=1e-5, use_fast_variance=False).apply({"params": params}, x)
+  assert np.abs(np.asarray(ours) - np.asarray(flax_gn)).max() < 2e-5 * np.abs(np.asarray(flax_gn)).max()
