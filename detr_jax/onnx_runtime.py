@@ -47,11 +47,12 @@ class OnnxFunction:
   """fn(*arrays) -> a tree of arrays, computed by onnxruntime on the export of fn; each new set of
   input shapes is exported once (tens of seconds for DETR-R50) and its session kept.
 
-  threads: onnxruntime's intra-op threads (0: its default, one per physical core)."""
+  threads: onnxruntime's intra-op threads (0: its default, one per physical core). on_export: called
+  with the input shapes before each export."""
 
-  def __init__(self, fn: Callable, threads: int = 0):
+  def __init__(self, fn: Callable, threads: int = 0, on_export: Callable[[list], None] | None = None):
     _require_extra()
-    self.fn, self.threads = fn, threads
+    self.fn, self.threads, self.on_export = fn, threads, on_export
     self._sessions: dict[tuple, tuple[Any, Any]] = {}
 
   def session(self, *args):
@@ -62,6 +63,8 @@ class OnnxFunction:
       options = onnxruntime.SessionOptions()
       options.intra_op_num_threads = self.threads
       options.log_severity_level = 3  # errors only (not "removing unused initializer")
+      if self.on_export is not None:
+        self.on_export([np.shape(a) for a in args])
       model = export(self.fn, *args)
       session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
       treedef = jax.tree_util.tree_structure(jax.eval_shape(self.fn, *args))

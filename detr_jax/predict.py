@@ -12,7 +12,9 @@ bucket and batch. The model computes in float32 (--dtype bfloat16: faster on acc
 the checkpoint was trained with; the parameters are float32 in either case). Mask models compute
 the masks of the --mask-queries likeliest queries only (the mask head is most of their time), and
 run a batch again with every query's mask when its results need another one, so the outputs are
-those of the full model. Per image, in --out-dir:
+those of the full model. --runtime onnxruntime runs the same forward, exported to ONNX once per
+bucket shape, in onnxruntime (CPU, float32; the onnx extra; see detr_jax/onnx_runtime.py). Per
+image, in --out-dir:
   <stem>.png           the original image with the detections (score >= threshold; masks for mask models;
                        images of at most 200 px are drawn enlarged 2x or more, for readable labels)
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
@@ -156,8 +158,13 @@ def make_forward(model, params, runtime: str = "jax"):
 
   if runtime == "onnxruntime":
     from detr_jax.onnx_runtime import OnnxFunction  # the optional onnx extra
-    return OnnxFunction(functools.partial(forward, params))
-  return functools.partial(jax.jit(forward), jax.device_put(params))
+
+    def announce(shapes):  # the export takes seconds to minutes
+      print(f"onnxruntime: exporting the forward for {'x'.join(map(str, shapes[0][:3]))} image batches "
+            "(once per shape)", flush=True)
+
+    return OnnxFunction(functools.partial(forward, params), on_export=announce)
+  return functools.partial(jax.jit(forward), params)
 
 
 def masks_cover(out: dict, threshold: float) -> bool:
@@ -289,6 +296,7 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
     raise UserError(f"--runtime onnxruntime computes in float32 (got --dtype {dtype})")
   prep, names = preprocessing(config), class_names(config, checkpoint)
   model = functools.partial(build_model, config.model, isolate_padding=True, for_onnx=runtime == "onnxruntime")
+  params = jax.device_put(params)
   forward = every_query = make_forward(model(), params, runtime)
   if config.model.masks and 0 < mask_queries < config.model.num_queries:
     forward = make_forward(model(mask_queries=mask_queries), params, runtime)

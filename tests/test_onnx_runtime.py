@@ -91,7 +91,9 @@ def test_predict_with_onnxruntime_writes_the_jax_results(tmp_path, capsys):
   for runtime in ("jax", "onnxruntime"):
     assert predict.main(["--checkpoint", str(tmp_path / "ckpt"), *paths, "--out-dir", str(tmp_path / runtime),
                          "--threshold", "0.5", "--runtime", runtime]) == 0
-  capsys.readouterr()
+  announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("onnxruntime:")]
+  assert announced == [f"onnxruntime: exporting the forward for 1x{h}x128 image batches (once per shape)"
+                       for h in (128, 256)]  # one export per bucket shape
   for stem in ("scene", "tall"):
     jax_record, onnx_record = _load(tmp_path / "jax" / f"{stem}.json"), _load(tmp_path / "onnxruntime" / f"{stem}.json")
     assert jax_record["segments_info"] == onnx_record["segments_info"] and onnx_record["segments_info"]

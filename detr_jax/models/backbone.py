@@ -44,7 +44,7 @@ class Conv1x1(nn.Module):
 
   as_matmul: a matmul over channels, which XLA:CPU runs several times faster than a 1x1
   convolution; False: a convolution, which ONNX runtimes fuse with the FrozenBatchNorm after it
-  and run in their blocked conv layout (see `detr_jax.onnx_export`)."""
+  and run in their blocked conv layout (see `detr_jax.onnx_runtime`)."""
   features: int
   stride: int = 1
   use_bias: bool = True
