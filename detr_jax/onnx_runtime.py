@@ -19,6 +19,10 @@ from detr_jax.errors import UserError
 
 def _require_extra():
   """(jax2onnx.to_onnx, onnxruntime), or one line saying how to install them."""
+  from jax._src import core
+  if not hasattr(core, "ClosedJaxpr"):  # jax >= 0.12 moved it; jax2onnx 0.17 still reads it there
+    import jax.extend.core
+    core.ClosedJaxpr = jax.extend.core.ClosedJaxpr
   try:
     import onnxruntime
     from jax2onnx import to_onnx
