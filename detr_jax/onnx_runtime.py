@@ -9,6 +9,7 @@ nodes). The outputs equal the jitted forward's up to float32 rounding: `python -
 
 Needs the optional extra `onnx` (jax2onnx, onnx, onnxruntime): pip install -e '.[onnx]'.
 """
+import logging
 from typing import Any, Callable
 
 import jax
@@ -40,7 +41,13 @@ def export(fn: Callable, *args, path: str | None = None):
   specs = [jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args]
   paths = jax.tree_util.tree_flatten_with_path(jax.eval_shape(fn, *specs))[0]
   names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in paths]
-  model = to_onnx(fn, specs, model_name="detr_jax", output_names=names)
+  serde_log = logging.getLogger("onnx_ir.serde")  # "value type ... not known" about shape constants: harmless
+  level = serde_log.level
+  serde_log.setLevel(logging.ERROR)
+  try:
+    model = to_onnx(fn, specs, model_name="detr_jax", output_names=names)
+  finally:
+    serde_log.setLevel(level)
   if path is not None:
     with open(path, "wb") as f:
       f.write(model.SerializeToString())

@@ -1,4 +1,5 @@
 """--runtime onnxruntime: the forward exported by jax2onnx equals the jitted JAX forward and the reference."""
+import logging
 import sys
 
 import jax
@@ -70,7 +71,7 @@ def test_onnx_function_equals_jax_for_each_input_shape():
   assert len(forward._sessions) == 2
 
 
-def test_export_writes_a_model_with_named_outputs(tmp_path):
+def test_export_writes_a_model_with_named_outputs(tmp_path, caplog):
   import onnx
   cfg = small_config("detection")
   params = filled_params(cfg)
@@ -80,6 +81,7 @@ def test_export_writes_a_model_with_named_outputs(tmp_path):
   graph = onnx.load(str(tmp_path / "detr.onnx")).graph
   assert [o.name for o in graph.output] == ["aux_pred_boxes", "aux_pred_logits", "pred_boxes", "pred_logits"]
   assert "Einsum" not in {node.op_type for node in graph.node}  # 1x1 convolutions are Conv nodes for onnxruntime
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # nothing for users to read
 
 
 def test_predict_with_onnxruntime_writes_the_jax_results(tmp_path, capsys):
