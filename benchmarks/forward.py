@@ -3,6 +3,8 @@
   python benchmarks/forward.py --model detr_resnet50 --size 800 1066 --batch 1 --reps 5 [--runtime onnxruntime]
 
 Weights come from fill procedure v1 (no download needed; speed does not depend on values).
+gflop is the forward's floating-point work as XLA counts it (2 per multiply-add), the same
+for either runtime; gflop_per_s its rate at the median time.
 Compile time (jax) or export and session time (onnxruntime, `detr_jax.onnx_runtime`; --threads as
 official_bench.py's) is reported separately; median_s / min_s are over --reps runs after it.
 """
@@ -18,6 +20,7 @@ import numpy as np
 from detr_jax.config import VARIANTS, variant_config
 from detr_jax.models import build_model
 from detr_jax.torch_io.convert import filled_params
+from detr_jax.training.profile import flop_count
 
 
 def main(argv=None):
@@ -40,14 +43,16 @@ def main(argv=None):
   h, w = args.size
   images = np.random.default_rng(0).normal(size=(args.batch, h, w, 3)).astype(np.float32)
   mask = np.zeros((args.batch, h, w), bool)
+  apply = lambda p, x, m: model.apply({"params": p}, x, m)
+  flops = flop_count(jax.jit(apply).lower(params, images, mask))  # the model's work, whichever runtime runs it
   start = time.perf_counter()
   if args.runtime == "onnxruntime":
     from detr_jax.onnx_runtime import OnnxFunction
-    forward = OnnxFunction(lambda x, m: model.apply({"params": params}, x, m), args.threads)
+    forward = OnnxFunction(lambda x, m: apply(params, x, m), args.threads)
     forward.session(images, mask)
   else:
     params, images, mask = jax.device_put((params, images, mask))
-    compiled = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m)).lower(params, images, mask).compile()
+    compiled = jax.jit(apply).lower(params, images, mask).compile()
     forward = lambda x, m: compiled(params, x, m)
   compile_s = time.perf_counter() - start
   jax.block_until_ready(forward(images, mask))  # warm-up
@@ -61,6 +66,8 @@ def main(argv=None):
                     "isolate_padding": args.isolate_padding,
                     "runtime": args.runtime,
                     "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+                    "gflop": flops and round(flops / 1e9, 2),
+                    "gflop_per_s": flops and round(flops / 1e9 / statistics.median(times), 1),
                     "compile_s": round(compile_s, 2), "jax": jax.__version__,
                     **({"onnxruntime": importlib.metadata.version("onnxruntime"), "threads": args.threads}
                        if args.runtime == "onnxruntime" else {}),

@@ -6,7 +6,9 @@
 One device's step of the official recipe on random targets (as benchmarks/train_step.py), cut into
 host -> device, backbone, transformer, heads, criterion and optimizer, each jit-compiled alone and
 timed (the fastest of --reps interleaved rounds); see detr_jax/training/profile.py for what each
-part holds. Prints a table and the whole step's time, which the added parts should roughly sum to.
+part holds. Prints a table and the whole step's time, which the added parts should roughly sum to,
+with each part's FLOPs (XLA's count) and rate; on the CPU also the machine's float32 matmul peak and
+the least time the step's FLOPs take at it.
 """
 import argparse
 import json
@@ -16,7 +18,7 @@ import jax
 
 from detr_jax.config import MATCHER_BACKENDS, VARIANTS, load_config_file, training_config, variant_config
 from detr_jax.torch_io.convert import filled_params
-from detr_jax.training.profile import format_table, profile_train_step, synthetic_batch
+from detr_jax.training.profile import float32_matmul_peak, format_table, profile_train_step, synthetic_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,11 +52,14 @@ def main(argv=None):
   config.model.update(dropout=args.dropout, dtype=args.dtype)
   config.loss.matcher_backend = args.matcher
   batch = synthetic_batch(args.batch, *args.size, args.objects, config.model.num_classes, config.max_objects, False)
-  parts, step_s = profile_train_step(config, filled_params(config.model), batch, args.reps)
-  print(format_table(parts, step_s))
+  parts, step = profile_train_step(config, filled_params(config.model), batch, args.reps)
+  peak = float32_matmul_peak() if jax.default_backend() == "cpu" else None  # numpy's BLAS: the CPU's peak
+  print(format_table(parts, step, peak))
   print(json.dumps({"model": args.model, "size": list(args.size), "batch": args.batch, "dtype": args.dtype,
-                    "reps": args.reps, "step_s": round(step_s, 4),
+                    "reps": args.reps, "step_s": round(step.seconds, 4),
                     "parts": {p.name: round(p.seconds, 4) for p in parts},
+                    "gflop": {p.name: round(p.flops / 1e9, 3) for p in [*parts, step] if p.flops is not None},
+                    "float32_matmul_peak_gflop_s": peak and round(peak / 1e9, 1),
                     "added_sum_s": round(sum(p.seconds for p in parts if p.added), 4),
                     "method": "timed sub-functions (jax.jit each, fastest of interleaved rounds)",
                     "backend": jax.default_backend(), "jax": jax.__version__}))

@@ -17,6 +17,11 @@ does), fed the cotangents that the real step would feed them. The added parts ar
                    its update (the trained weights' gradients), as XLA fuses the update into the
                    backward pass
 
+Each jitted part also has its floating-point operations, as XLA's cost analysis counts them
+(2 per multiply-add), and the rate it ran at. Set against the machine's float32 matmul peak
+(`float32_matmul_peak`), they say how far from its roofline each part runs, and the least time
+the step's work can take here at all.
+
 Rows marked "(in ...)" are contained in an added part: a forward alone, the dropout masks (the
 transformer with dropout minus without) and the matcher's host callback (scipy on the cost
 matrices). XLA cannot fuse across the parts, so the parts add up to the step only approximately;
@@ -48,6 +53,28 @@ class Part:
   seconds: float
   added: bool  # False: contained in an added part
   method: str
+  flops: float | None = None  # XLA's count; None for host work
+
+
+def flop_count(compiled) -> float | None:
+  """XLA's floating-point operation count of a compiled (or lowered) jax function; None where the
+  backend reports none."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
+  return float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
+
+
+def float32_matmul_peak(n: int = 2048, reps: int = 5) -> float:
+  """The machine's float32 peak in FLOP/s, as the fastest of `reps` [n, n] @ [n, n] products in
+  numpy's BLAS (its default threads): the dense kernel that real workloads can at best match."""
+  a, b = np.random.default_rng(0).random((2, n, n), dtype=np.float32)
+  a @ b
+  best = float("inf")
+  for _ in range(reps):
+    start = time.perf_counter()
+    a @ b
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
 
 
 def synthetic_batch(batch: int, h: int, w: int, objects: int, num_classes: int, max_objects: int, masks: bool):
@@ -99,16 +126,22 @@ def _joined(*flats):
   return traverse_util.unflatten_dict({k: v for flat in flats for k, v in flat.items()})
 
 
+def _compiled(fn, *args):
+  """(a thunk calling fn(*args) jit-compiled, its flop count)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  return (lambda: compiled(*args)), flop_count(compiled)
+
+
 def _backward(fn, primals: tuple, others: tuple, cotangent):
-  """A thunk of fn(*primals, *others)'s forward + backward (vjp w.r.t. `primals`), fed `cotangent`.
-  Every input is an argument of the jitted function, so that XLA folds nothing into constants."""
-  backward = jax.jit(lambda p, o, ct: jax.vjp(lambda *x: fn(*x, *o), *p)[1](ct))
-  return lambda: backward(primals, others, cotangent)
+  """(a thunk of fn(*primals, *others)'s forward + backward (vjp w.r.t. `primals`) fed `cotangent`,
+  its flop count). Every input is an argument of the jitted function, so that XLA folds nothing
+  into constants."""
+  return _compiled(lambda p, o, ct: jax.vjp(lambda *x: fn(*x, *o), *p)[1](ct), primals, others, cotangent)
 
 
-def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list[Part], float]:
-  """(parts, the whole train step's seconds) for one device's `batch` (host numpy arrays as
-  from `synthetic_batch`) under `config` (a training config, box model)."""
+def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list[Part], Part]:
+  """(parts, the whole train step) for one device's `batch` (host numpy arrays as from
+  `synthetic_batch`) under `config` (a training config, box model)."""
   if config.model.masks:
     raise ValueError("the train-step profile covers box models; this config has model.masks")
   model, criterion = build_model(config.model), make_criterion(config)
@@ -129,7 +162,8 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
     state_box[0], metrics = whole(state_box[0], sharded)
     return metrics
 
-  timed = [("host -> device", lambda: jax.device_put(sharded), True, "jax.device_put")]  # (name, thunk, added, method)
+  timed = [("host -> device", (lambda: jax.device_put(sharded), None), True, "jax.device_put")]
+  # (name, (thunk, flops), added, method)
   # Backbone: the trained weights are differentiated, the frozen ones are constants.
   resnet = ResNet(model.backbone, model.dilation, model.dtype, model.remat_backbone, model.backbone_layers)
   trained, frozen = _split(params["backbone"], lambda p: labels[("backbone", *p)] != FROZEN)
@@ -139,8 +173,7 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
     return resnet.apply({"params": _joined(trained, frozen)}, images, mask if model.isolate_padding else None)
 
   levels = jax.jit(backbone)(trained, frozen, images, mask)
-  backbone_forward = jax.jit(backbone)
-  timed.append(("backbone forward", lambda: backbone_forward(trained, frozen, images, mask), False, "(in backbone)"))
+  timed.append(("backbone forward", _compiled(backbone, trained, frozen, images, mask), False, "(in backbone)"))
 
   # The rest of the model, with the backbone's (and for the heads the transformer's) outputs put in
   # place of those modules' calls.
@@ -174,19 +207,17 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
   last_level = lambda trained, frozen, images, mask: backbone(trained, frozen, images, mask)[-1]
   timed.append(("backbone", _backward(last_level, (trained,), (frozen, images, mask), level_ct), True,
                 "jax.vjp (trained weights)"))
-  transformer_forward = jax.jit(transformer)
-  timed.append(("transformer forward", lambda: transformer_forward(rest, levels[-1], mask, key), False,
+  timed.append(("transformer forward", _compiled(transformer, rest, levels[-1], mask, key), False,
                 "(in transformer)"))
   timed.append(("transformer", _backward(transformer, (rest, levels[-1]), (mask, key), hs_ct), True, "jax.vjp"))
   deterministic = lambda p, x, m, k: transformer(p, x, m, k, deterministic=True)
   timed.append(("without dropout", _backward(deterministic, (rest, levels[-1]), (mask, key), hs_ct), False, ""))
   timed.append(("heads", _backward(heads, (rest, hs), (mask,), outputs_ct), True, "jax.vjp"))
-  criterion_grad = jax.jit(jax.grad(loss))
-  timed.append(("criterion", lambda: criterion_grad(outputs, targets), True,
+  timed.append(("criterion", _compiled(jax.grad(loss), outputs, targets), True,
                 f"jax.grad w.r.t. the outputs ({criterion.matcher_backend} matcher)"))
   if criterion.matcher_backend == "scipy":
     costs = np.asarray(jax.jit(criterion.match_costs)(outputs, targets))
-    timed.append(("matcher host callback", lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"])), False,
+    timed.append(("matcher host callback", (lambda: matcher.assign_scipy(costs, np.asarray(batch["valid"])), None), False,
                   "(in criterion: scipy linear_sum_assignment)"))
 
   # The optimizer's share: the whole step minus the step without its update (the trained weights'
@@ -200,31 +231,49 @@ def profile_train_step(config, params, batch: dict, reps: int = 5) -> tuple[list
     grads = traverse_util.flatten_dict(jax.grad(step_loss)(state.params))
     return {"/".join(path): g for path, g in grads.items() if labels[path] != FROZEN}
 
-  without_update = jax.pmap(gradients, axis_name=steps.AXIS)
-  timed.append(("without the update", lambda: without_update(state_box[0], sharded), False, ""))
+  without_update = jax.pmap(gradients, axis_name=steps.AXIS).lower(state, sharded).compile()
+  timed.append(("without the update", (lambda: without_update(state_box[0], sharded), flop_count(without_update)),
+                False, ""))
 
-  seconds = interleaved_fastest([whole_step] + [thunk for _, thunk, _, _ in timed], reps)
-  step_s, by_name = seconds[0], {name: t for (name, _, _, _), t in zip(timed, seconds[1:])}
+  seconds = interleaved_fastest([whole_step] + [thunk for _, (thunk, _), _, _ in timed], reps)
+  step = Part("whole train step", seconds[0], False, "pmapped, as train.py runs it", flop_count(whole))
+  by_name = {name: (t, flops) for (name, (_, flops), _, _), t in zip(timed, seconds[1:])}
   parts = []
   for name, _, added, method in timed:
     if name == "without dropout":
-      parts.append(Part("dropout", by_name["transformer"] - by_name[name], False,
-                        "(in transformer: with - without dropout)"))
+      parts.append(_difference("dropout", by_name["transformer"], by_name[name], False,
+                               "(in transformer: with - without dropout)"))
     elif name == "without the update":
-      parts.append(Part("optimizer", step_s - by_name[name], True, "whole step - the step without its update: "
-                        "pmean of the gradients, optax update + apply_updates, finiteness check"))
+      parts.append(_difference("optimizer", (step.seconds, step.flops), by_name[name], True,
+                               "whole step - the step without its update: pmean of the gradients, optax update + "
+                               "apply_updates, finiteness check"))
     else:
-      parts.append(Part(name, by_name[name], added, method))
-  return parts, step_s
+      seconds, flops = by_name[name]
+      parts.append(Part(name, seconds, added, method, flops))
+  return parts, step
 
 
-def format_table(parts: list[Part], step_s: float) -> str:
-  """The parts, their sum and the whole step, with each one's share of the step."""
-  rows = [(p.name, p.seconds, p.method) for p in parts]
-  added = sum(p.seconds for p in parts if p.added)
-  rows += [("sum of the added parts", added, ""), ("whole train step", step_s, "pmapped, as train.py runs it")]
-  width = max(len(r[0]) for r in rows)
-  lines = [f"{'part':<{width}}  {'seconds':>9}  {'share':>6}  method", "-" * (width + 40)]
-  for name, seconds, method in rows:
-    lines.append(f"{name:<{width}}  {seconds:9.4f}  {seconds / step_s:6.1%}  {method}")
+def _difference(name, minuend, subtrahend, added, method) -> Part:
+  """The Part whose seconds and flops are those of `minuend` less `subtrahend` ((seconds, flops) each)."""
+  flops = None if None in (minuend[1], subtrahend[1]) else minuend[1] - subtrahend[1]
+  return Part(name, minuend[0] - subtrahend[0], added, method, flops)
+
+
+def format_table(parts: list[Part], step: Part, peak_flops: float | None = None) -> str:
+  """The parts, their sum and the whole step: each one's share of the step, GFLOP and GFLOP/s;
+  with `peak_flops` (FLOP/s), the least time the step's FLOPs take at that rate."""
+  added = [p for p in parts if p.added]
+  flops = None if any(p.flops is None for p in added if p.name != "host -> device") else sum(
+      p.flops or 0 for p in added)
+  rows = [*parts, Part("sum of the added parts", sum(p.seconds for p in added), False, "", flops), step]
+  width = max(len(p.name) for p in rows)
+  lines = [f"{'part':<{width}}  {'seconds':>9}  {'share':>6}  {'GFLOP':>8}  {'GFLOP/s':>8}  method", "-" * (width + 60)]
+  for p in rows:
+    gflop, rate = ("-", "-") if p.flops is None else (f"{p.flops / 1e9:.2f}", f"{p.flops / 1e9 / p.seconds:.1f}")
+    lines.append(f"{p.name:<{width}}  {p.seconds:9.4f}  {p.seconds / step.seconds:6.1%}  {gflop:>8}  {rate:>8}  "
+                 f"{p.method}")
+  if peak_flops and step.flops:
+    lines.append(f"float32 matmul peak of this machine (numpy BLAS): {peak_flops / 1e9:.1f} GFLOP/s; the whole "
+                 f"step's {step.flops / 1e9:.1f} GFLOP take at least {step.flops / peak_flops:.3f} s at that rate "
+                 f"(the step runs at {step.flops / step.seconds / peak_flops:.0%} of it)")
   return "\n".join(lines)
