@@ -81,7 +81,26 @@ def test_export_writes_a_model_with_named_outputs(tmp_path, caplog):
   graph = onnx.load(str(tmp_path / "detr.onnx")).graph
   assert [o.name for o in graph.output] == ["aux_pred_boxes", "aux_pred_logits", "pred_boxes", "pred_logits"]
   assert "Einsum" not in {node.op_type for node in graph.node}  # 1x1 convolutions are Conv nodes for onnxruntime
+  # The stem's max pool carries torch's padding itself (no Pad node), so that onnxruntime keeps its blocked layout.
+  pools = [node for node in graph.node if node.op_type == "MaxPool"]
+  assert "Pad" not in {node.op_type for node in graph.node} and len(pools) == 1
+  assert {a.name: onnx.helper.get_attribute_value(a) for a in pools[0].attribute}["pads"] == [1, 1, 1, 1]
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # nothing for users to read
+
+
+@pytest.mark.parametrize("fill, padding, folded", [(-np.inf, ((0, 0), (1, 2), (0, 1), (0, 0)), True),
+                                                   (0.0, ((0, 0), (1, 1), (1, 1), (0, 0)), False),  # not a max pool's padding
+                                                   (-np.inf, ((0, 0), (1, 1), (1, 1), (1, 0)), False)])  # pads channels
+def test_padded_max_pools_keep_their_values(fill, padding, folded):
+  """A -inf padding of H and W goes into the MaxPool (its attribute `pads`); any other stays a Pad node."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  pool = lambda x: nn.max_pool(jnp.pad(x, padding, constant_values=fill), window_shape=(3, 3), strides=(2, 2),
+                               padding="VALID")
+  x = np.random.default_rng(0).normal(size=(2, 9, 8, 4)).astype(np.float32)
+  graph = export(pool, x).graph
+  assert ("Pad" not in {node.op_type for node in graph.node}) == folded
+  np.testing.assert_array_equal(OnnxFunction(pool)(x), pool(x))
 
 
 def test_predict_with_onnxruntime_writes_the_jax_results(tmp_path, capsys):
