@@ -6,11 +6,17 @@ with `build_model(..., for_onnx=True)`: its 1x1 convolutions are then convolutio
 onnxruntime fuses with the FrozenBatchNorm after them (as a matmul they would be slow Einsum
 nodes). The outputs equal the jitted forward's up to float32 rounding: `python -m detr_jax.compare
 --runtime onnxruntime` checks them against the reference, tests/test_onnx_runtime.py against JAX.
+An export can be kept on disk for later runs (`OnnxFunction(cache_dir=...)`, predict's --onnx-cache),
+named by a digest of the program, its parameters and the versions that made it (`export_key`).
 
 Needs the optional extra `onnx` (jax2onnx, onnx, onnxruntime): pip install -e '.[onnx]'.
 """
 import collections
+import hashlib
+import importlib.metadata
 import logging
+import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -87,16 +93,36 @@ def _fold_paddings_into_max_pools(graph):
     graph.node.remove(pad)
 
 
+def export_key(fn: Callable, *args) -> str:
+  """A digest of everything the export of fn(*args) depends on: the traced program, the values of
+  its closed-over arrays (the parameters), the inputs' shapes and dtypes, and the versions of jax,
+  jax2onnx, onnx and this module. Equal keys give the same ONNX graph."""
+  closed = jax.make_jaxpr(fn)(*[jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in args])
+  digest = hashlib.sha256(str(closed.jaxpr).encode())
+  for const in closed.consts:
+    array = np.ascontiguousarray(const)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.reshape(-1).view(np.uint8))
+  for package in ("jax", "jax2onnx", "onnx"):
+    digest.update(importlib.metadata.version(package).encode())
+  with open(__file__, "rb") as f:
+    digest.update(f.read())
+  return digest.hexdigest()[:32]
+
+
 class OnnxFunction:
   """fn(*arrays) -> a tree of arrays, computed by onnxruntime on the export of fn; each new set of
   input shapes is exported once (tens of seconds for DETR-R50) and its session kept.
 
-  threads: onnxruntime's intra-op threads (0: its default, one per physical core). on_export: called
-  with the input shapes before each export."""
+  threads: onnxruntime's intra-op threads (0: its default, one per physical core). cache_dir: where
+  exports are kept between runs, one file per `export_key` (about 170 MB for DETR-R50); None: export
+  in every run. on_export(shapes, cached): called before each new input shape's session is made,
+  with the path of the cached export it loads, or None when it exports."""
 
-  def __init__(self, fn: Callable, threads: int = 0, on_export: Callable[[list], None] | None = None):
+  def __init__(self, fn: Callable, threads: int = 0, on_export: Callable[[list, str | None], None] | None = None,
+               cache_dir: str | None = None):
     _require_extra()
-    self.fn, self.threads, self.on_export = fn, threads, on_export
+    self.fn, self.threads, self.on_export, self.cache_dir = fn, threads, on_export, cache_dir
     self._sessions: dict[tuple, tuple[Any, Any]] = {}
 
   def session(self, *args):
@@ -107,15 +133,54 @@ class OnnxFunction:
       options = onnxruntime.SessionOptions()
       options.intra_op_num_threads = self.threads
       options.log_severity_level = 3  # errors only (not "removing unused initializer")
-      if self.on_export is not None:
-        self.on_export([np.shape(a) for a in args])
-      model = export(self.fn, *args)
-      session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+      shapes = [np.shape(a) for a in args]
+      path = None if self.cache_dir is None else os.path.join(self.cache_dir, export_key(self.fn, *args) + ".onnx")
+      session = None
+      if path is not None and os.path.isfile(path):
+        if self.on_export is not None:
+          self.on_export(shapes, path)
+        session = self._load(onnxruntime, path, options)
+      if session is None:
+        if self.on_export is not None:
+          self.on_export(shapes, None)
+        graph = export(self.fn, *args).SerializeToString()
+        session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        if path is not None:
+          _save(graph, path)
       treedef = jax.tree_util.tree_structure(jax.eval_shape(self.fn, *args))
       self._sessions[key] = (session, treedef)
     return self._sessions[key]
+
+  @staticmethod
+  def _load(onnxruntime, path: str, options):
+    """The session of a cached export; None (after a warning) if onnxruntime cannot read it."""
+    try:
+      return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except (onnxruntime.capi.onnxruntime_pybind11_state.Fail,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+            onnxruntime.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+      print(f"warning: {path}: unreadable cached ONNX export ({str(e).splitlines()[0][:200]}); exporting again",
+            file=sys.stderr, flush=True)
+      return None
 
   def __call__(self, *args):
     session, treedef = self.session(*args)
     feeds = {spec.name: np.asarray(a) for spec, a in zip(session.get_inputs(), args)}
     return jax.tree_util.tree_unflatten(treedef, session.run(None, feeds))
+
+
+def _save(graph: bytes, path: str):
+  """Writes a serialised export to `path` whole or not at all; a cache that cannot be written
+  (permissions, a full disk) costs a warning, not the run."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as f:
+      f.write(graph)
+    os.replace(tmp, path)
+  except OSError as e:
+    print(f"warning: cannot keep the ONNX export in {os.path.dirname(path)}: {e.strerror or e}; it will be "
+          "exported again next run", file=sys.stderr, flush=True)
+  finally:
+    if os.path.exists(tmp):  # a failed or interrupted write
+      os.remove(tmp)

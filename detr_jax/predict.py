@@ -1,7 +1,7 @@
 """Run a model checkpoint on images: detections (and panoptic segments) drawn and written as JSON.
 
   python -m detr_jax.predict --checkpoint DIR IMAGE... [--out-dir D] [--threshold 0.7] [--batch-size N] \
-      [--dtype float32|bfloat16] [--mask-queries 25] [--runtime jax|onnxruntime]
+      [--dtype float32|bfloat16] [--mask-queries 25] [--runtime jax|onnxruntime] [--onnx-cache DIR|none]
 
 DIR: a converted official checkpoint or a training checkpoint (WORKDIR/checkpoints/<step>). Images
 are prepared as the validation pipeline prepares them (the training config's dataset settings, else
@@ -13,8 +13,9 @@ the checkpoint was trained with; the parameters are float32 in either case). Mas
 the masks of the --mask-queries likeliest queries only (the mask head is most of their time), and
 run a batch again with every query's mask when its results need another one, so the outputs are
 those of the full model. --runtime onnxruntime runs the same forward, exported to ONNX once per
-bucket shape, in onnxruntime (CPU, float32; the onnx extra; see detr_jax/onnx_runtime.py). Per
-image, in --out-dir:
+bucket shape, in onnxruntime (CPU, float32; the onnx extra; see detr_jax/onnx_runtime.py); the
+exports are kept in --onnx-cache (~/.cache/detr_jax/onnx) for later runs of the same checkpoint,
+model and shape. Per image, in --out-dir:
   <stem>.png           the original image with the detections (score >= threshold; masks for mask models;
                        images of at most 200 px are drawn enlarged 2x or more, for readable labels)
   <stem>_panoptic.png  mask models: the panoptic segments blended on the image
@@ -146,10 +147,11 @@ def prepare_batch(images, prep: Preprocessing) -> dict:
   return collate(examples, pad_to=padded, max_objects=0)
 
 
-def make_forward(model, params, runtime: str = "jax"):
+def make_forward(model, params, runtime: str = "jax", onnx_cache: str | None = None):
   """(images, mask, orig_size) -> model outputs plus postprocess_boxes' scores, labels [B, Q] and
   boxes [B, Q, 4] (xyxy, original pixels); compiled (jax) or exported to ONNX (onnxruntime, see
-  `detr_jax.onnx_runtime`; model built for_onnx) once per input shape."""
+  `detr_jax.onnx_runtime`; model built for_onnx, exports kept in `onnx_cache` if given) once per
+  input shape."""
   def forward(params, images, mask, orig_size):
     outputs = model.apply({"params": params}, images, mask)
     scores, labels, boxes = postprocess_boxes(outputs["pred_logits"], outputs["pred_boxes"], orig_size)
@@ -159,12 +161,21 @@ def make_forward(model, params, runtime: str = "jax"):
   if runtime == "onnxruntime":
     from detr_jax.onnx_runtime import OnnxFunction  # the optional onnx extra
 
-    def announce(shapes):  # the export takes seconds to minutes
-      print(f"onnxruntime: exporting the forward for {'x'.join(map(str, shapes[0][:3]))} image batches "
-            "(once per shape)", flush=True)
+    def announce(shapes, cached):  # the export takes seconds to minutes
+      batches = f"{'x'.join(map(str, shapes[0][:3]))} image batches"
+      if cached:
+        print(f"onnxruntime: the forward for {batches}, exported in an earlier run: {cached}", flush=True)
+      else:
+        kept = f"; kept in {onnx_cache}" if onnx_cache else ""
+        print(f"onnxruntime: exporting the forward for {batches} (once per shape{kept})", flush=True)
 
-    return OnnxFunction(functools.partial(forward, params), on_export=announce)
+    return OnnxFunction(functools.partial(forward, params), on_export=announce, cache_dir=onnx_cache)
   return functools.partial(jax.jit(forward), params)
+
+
+def default_onnx_cache() -> str:
+  """$XDG_CACHE_HOME/detr_jax/onnx, or ~/.cache/detr_jax/onnx."""
+  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "detr_jax", "onnx")
 
 
 def masks_cover(out: dict, threshold: float) -> bool:
@@ -278,10 +289,10 @@ def batches(items, size: int):
 
 
 def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: int, dtype: str = "float32",
-            mask_queries: int = MASK_QUERIES, runtime: str = "jax") -> int:
+            mask_queries: int = MASK_QUERIES, runtime: str = "jax", onnx_cache: str | None = None) -> int:
   """Runs the checkpoint on every image of `paths` in batches, computing in `dtype` with `runtime`
-  (jax or onnxruntime), and writes the outputs; returns the number of files that failed (each
-  reported in one `error: FILE: reason` line).
+  (jax or onnxruntime, its exports kept in `onnx_cache` between runs if given), and writes the
+  outputs; returns the number of files that failed (each reported in one `error: FILE: reason` line).
 
   Mask models compute masks for the `mask_queries` likeliest queries only (0: all); a batch whose
   results need a mask outside them (`masks_cover`) is run again with every query's mask."""
@@ -297,9 +308,9 @@ def predict(checkpoint: str, paths, out_dir: str, threshold: float, batch_size: 
   prep, names = preprocessing(config), class_names(config, checkpoint)
   model = functools.partial(build_model, config.model, isolate_padding=True, for_onnx=runtime == "onnxruntime")
   params = jax.device_put(params)
-  forward = every_query = make_forward(model(), params, runtime)
+  forward = every_query = make_forward(model(), params, runtime, onnx_cache)
   if config.model.masks and 0 < mask_queries < config.model.num_queries:
-    forward = make_forward(model(mask_queries=mask_queries), params, runtime)
+    forward = make_forward(model(mask_queries=mask_queries), params, runtime, onnx_cache)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except FileExistsError:
@@ -339,6 +350,9 @@ def main(argv=None) -> int:
   parser.add_argument("--runtime", default="jax", choices=("jax", "onnxruntime"),
                       help="jax (jit-compiled, default) or onnxruntime (the same forward exported to ONNX once per "
                            "input shape; CPU; needs the onnx extra)")
+  parser.add_argument("--onnx-cache", default=default_onnx_cache(), metavar="DIR",
+                      help="--runtime onnxruntime: where exports are kept for later runs, about 170 MB per model and "
+                           "input shape (default: %(default)s; 'none': export in every run)")
   args = parser.parse_args(argv)
   if args.batch_size < 1:
     parser.error("--batch-size must be at least 1")
@@ -347,7 +361,7 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   try:
     failed = predict(args.checkpoint, args.images, args.out_dir, args.threshold, args.batch_size, args.dtype,
-                     args.mask_queries, args.runtime)
+                     args.mask_queries, args.runtime, None if args.onnx_cache == "none" else args.onnx_cache)
   except UserError as e:  # a bad checkpoint or output directory
     report(e)
     return 1

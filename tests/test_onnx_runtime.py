@@ -1,5 +1,6 @@
 """--runtime onnxruntime: the forward exported by jax2onnx equals the jitted JAX forward and the reference."""
 import logging
+import os
 import sys
 
 import jax
@@ -12,7 +13,8 @@ from detr_jax import compare, predict
 from detr_jax.errors import UserError
 from detr_jax.torch_io.convert import filled_params
 from detr_jax.models import build_model
-from detr_jax.onnx_runtime import OnnxFunction, export
+from detr_jax import onnx_runtime
+from detr_jax.onnx_runtime import OnnxFunction, export, export_key
 from detr_jax.torch_io import save_pth
 from test_predict import _cat_and_tree_checkpoint, _image, _load
 
@@ -103,18 +105,85 @@ def test_padded_max_pools_keep_their_values(fill, padding, folded):
   np.testing.assert_array_equal(OnnxFunction(pool)(x), pool(x))
 
 
+def _small_forward(seed=1):
+  cfg = small_config("detection")
+  params = filled_params(cfg, seed=seed)
+  model = build_model(cfg, for_onnx=True)
+  return lambda x, m: model.apply({"params": params}, x, m)
+
+
+def _inputs(h=64, w=64):
+  return np.random.default_rng(0).normal(size=(1, h, w, 3)).astype(np.float32), np.zeros((1, h, w), bool)
+
+
+def test_export_key_names_the_program_its_parameters_and_the_shapes():
+  forward, x, m = _small_forward(), *_inputs()
+  key = export_key(forward, x, m)
+  assert key == export_key(_small_forward(), x, m)  # the same model and weights, traced again
+  assert len({key, export_key(_small_forward(seed=2), x, m), export_key(forward, *_inputs(64, 96))}) == 3
+
+
+def test_exports_are_kept_between_runs(tmp_path, monkeypatch):
+  forward, (x, m), cache = _small_forward(), _inputs(), str(tmp_path / "cache")
+  seen = []
+  expected = OnnxFunction(forward, on_export=lambda shapes, cached: seen.append(cached), cache_dir=cache)(x, m)
+  assert seen == [None] and os.listdir(cache) == [export_key(forward, x, m) + ".onnx"]
+
+  def no_export(*args, **kwargs):
+    raise AssertionError("exported although the cache has the graph")
+  monkeypatch.setattr(onnx_runtime, "export", no_export)
+  again = OnnxFunction(forward, on_export=lambda shapes, cached: seen.append(cached), cache_dir=cache)(x, m)
+  assert seen == [None, os.path.join(cache, os.listdir(cache)[0])]
+  for key in expected:
+    np.testing.assert_array_equal(again[key], expected[key])
+
+
+def test_an_unreadable_cached_export_is_exported_again(tmp_path, capsys):
+  forward, (x, m) = _small_forward(), _inputs()
+  path = tmp_path / (export_key(forward, x, m) + ".onnx")
+  path.write_bytes(b"half a file")
+  seen = []
+  out = OnnxFunction(forward, on_export=lambda shapes, cached: seen.append(cached), cache_dir=str(tmp_path))(x, m)
+  assert seen == [str(path), None]
+  assert capsys.readouterr().err.startswith(f"warning: {path}: unreadable cached ONNX export (")
+  np.testing.assert_allclose(out["pred_boxes"], jax.jit(forward)(x, m)["pred_boxes"], atol=1e-5)
+  assert os.path.getsize(path) > 1000 and os.listdir(tmp_path) == [path.name]  # replaced whole, no temporary left
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning(tmp_path, capsys):
+  forward, (x, m) = _small_forward(), _inputs()
+  (tmp_path / "file").write_text("")
+  cache = str(tmp_path / "file" / "cache")  # under a file: cannot be made
+  out = OnnxFunction(forward, cache_dir=cache)(x, m)
+  assert capsys.readouterr().err.startswith(f"warning: cannot keep the ONNX export in {cache}: ")
+  np.testing.assert_allclose(out["pred_boxes"], jax.jit(forward)(x, m)["pred_boxes"], atol=1e-5)
+  assert os.listdir(tmp_path) == ["file"]
+
+
 def test_predict_with_onnxruntime_writes_the_jax_results(tmp_path, capsys):
   """A mask model (top-K masks, then all queries when needed) and a batch of two bucket shapes."""
   _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(128,))
   _image(tmp_path / "scene.png", 75, 100, 4)
   _image(tmp_path / "tall.png", 120, 60, 5)
   paths = [str(tmp_path / "scene.png"), str(tmp_path / "tall.png")]
+  cache = str(tmp_path / "cache")
   for runtime in ("jax", "onnxruntime"):
     assert predict.main(["--checkpoint", str(tmp_path / "ckpt"), *paths, "--out-dir", str(tmp_path / runtime),
-                         "--threshold", "0.5", "--runtime", runtime]) == 0
+                         "--threshold", "0.5", "--runtime", runtime, "--onnx-cache", cache]) == 0
   announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("onnxruntime:")]
-  assert announced == [f"onnxruntime: exporting the forward for 1x{h}x128 image batches (once per shape)"
-                       for h in (128, 256)]  # one export per bucket shape
+  assert announced == [f"onnxruntime: exporting the forward for 1x{h}x128 image batches (once per shape; kept in "
+                       f"{cache})" for h in (128, 256)]  # one export per bucket shape
+  # A second run loads both exports from the cache and writes the same outputs.
+  assert predict.main(["--checkpoint", str(tmp_path / "ckpt"), *paths, "--out-dir", str(tmp_path / "again"),
+                       "--threshold", "0.5", "--runtime", "onnxruntime", "--onnx-cache", cache]) == 0
+  announced = [line for line in capsys.readouterr().out.splitlines() if line.startswith("onnxruntime:")]
+  files = sorted(os.listdir(cache))
+  assert len(files) == 2 and len(announced) == 2
+  assert all(line.startswith(f"onnxruntime: the forward for 1x{h}x128 image batches, exported in an earlier run: "
+                             f"{cache}/") for line, h in zip(announced, (128, 256)))
+  assert sorted(os.path.basename(line.split(": ")[-1]) for line in announced) == files
+  for stem in ("scene", "tall"):
+    assert _load(tmp_path / "again" / f"{stem}.json") == _load(tmp_path / "onnxruntime" / f"{stem}.json")
   for stem in ("scene", "tall"):
     jax_record, onnx_record = _load(tmp_path / "jax" / f"{stem}.json"), _load(tmp_path / "onnxruntime" / f"{stem}.json")
     assert jax_record["segments_info"] == onnx_record["segments_info"] and onnx_record["segments_info"]
