@@ -22,16 +22,9 @@ def import_official_backbone(checkout):
   """models.backbone.Backbone of the checkout, without downloading weights; works around a CPU
   torch whose torchvision wheel cannot load its compiled ops (as official_bench.py does)."""
   sys.path.insert(0, os.path.abspath(checkout))
-  try:
-    import torchvision  # noqa: F401
-  except RuntimeError as e:
-    if "torchvision::nms" not in str(e):
-      raise
-    for name in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-      del sys.modules[name]
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+  from side_torch import import_torchvision
+  import_torchvision()
   import torchvision.ops.misc
   if not hasattr(torchvision.ops.misc, "interpolate"):
     torchvision.ops.misc.interpolate = torch.nn.functional.interpolate

@@ -48,18 +48,13 @@ def import_transformers():
     import torch
   except ModuleNotFoundError:
     fail("needs torch, timm and transformers: pip install torch timm safetensors transformers")
+  from side_torch import import_torchvision
   try:
-    import torchvision  # noqa: F401
-  except RuntimeError as e:
-    if "torchvision::nms" not in str(e):
-      raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-      del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import_transformers.lib = lib  # keep the library alive
-  import transformers
+    import_torchvision()
+    import transformers
+  except ModuleNotFoundError as e:
+    fail(f"needs torch, torchvision, timm and transformers (missing: {e.name}): pip install torchvision timm "
+         "safetensors transformers")
   return torch, transformers
 
 

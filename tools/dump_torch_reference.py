@@ -61,20 +61,11 @@ def import_official(repo):
     fail("needs PyTorch, which is not installed here: pip install torch torchvision (see the module doc)")
   if not os.path.isfile(os.path.join(repo, "models", "detr.py")):
     fail(f"--detr-repo {repo!r} is not an official DETR checkout (no models/detr.py)")
+  from side_torch import import_torchvision
   try:
-    import torchvision
+    import_torchvision()
   except ModuleNotFoundError:
     fail("needs torchvision, which is not installed here: pip install torchvision")
-  except RuntimeError as e:  # compiled ops built for another torch: declare the schemas it expects
-    if "torchvision::nms" not in str(e):
-      raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-      del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import_official.lib = lib  # keep the library alive
-    import torchvision
   import torchvision.ops.misc
   if not hasattr(torchvision.ops.misc, "interpolate"):
     torchvision.ops.misc.interpolate = torch.nn.functional.interpolate
