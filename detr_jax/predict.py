@@ -253,8 +253,14 @@ def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold
     pan = result["panoptic"]
     draw_panoptic(image, pan["png_ids"], pan["segments_info"], names, scale).save(stem + "_panoptic.png")
     line += f", {len(pan['segments_info'])} panoptic segments"
-  with open(stem + ".json", "w") as f:
-    json.dump(record, f, indent=1, allow_nan=False)  # strict JSON: no NaN or Infinity
+  partial = stem + ".json.tmp"  # renamed when whole: an interrupted run leaves no half JSON
+  try:
+    with open(partial, "w") as f:
+      json.dump(record, f, indent=1, allow_nan=False)  # strict JSON: no NaN or Infinity
+    os.replace(partial, stem + ".json")
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
   return f"{line} -> {stem}.png"
 
 
@@ -365,6 +371,9 @@ def main(argv=None) -> int:
   except UserError as e:  # a bad checkpoint or output directory
     report(e)
     return 1
+  except KeyboardInterrupt:
+    print(f"interrupted: the images listed above have their outputs in {args.out_dir}", file=sys.stderr)
+    return 130
   return 1 if failed else 0
 
 

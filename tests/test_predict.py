@@ -377,3 +377,29 @@ def test_masks_of_the_likeliest_queries_give_the_full_models_results(tmp_path, m
   assert 1 < len(full["detections"]) < 7 and len(full["segments_info"]) >= 2
   assert [calls for _, calls in records.values()] == [[0], [1, 0], [7]]  # K = 1 is too few: run again with all
   assert records[1][0] == full and records[7][0] == full
+
+
+def test_ctrl_c_keeps_the_finished_images_and_says_where(tmp_path, capsys, monkeypatch):
+  """Ctrl-C while the second image's JSON is written: exit 130, one line, the first image's outputs
+  whole, no half-written JSON."""
+  _cat_and_tree_checkpoint(tmp_path / "ckpt", bucket_sides=(128,))
+  paths = [tmp_path / "first.png", tmp_path / "second.png"]
+  for seed, path in enumerate(paths):
+    _image(path, 75, 100, seed)
+  real_dump = predict.json.dump
+
+  def dump(record, f, **kwargs):
+    if isinstance(record, dict) and str(record.get("image")).endswith("second.png"):
+      f.write('{"image": ')
+      raise KeyboardInterrupt
+    real_dump(record, f, **kwargs)
+  monkeypatch.setattr(predict.json, "dump", dump)
+  out_dir = tmp_path / "out"
+  code, out, err = _predict(capsys, "--checkpoint", tmp_path / "ckpt", *paths, "--out-dir", out_dir)
+  assert code == 130
+  assert err == f"interrupted: the images listed above have their outputs in {out_dir}\n"
+  assert out.splitlines()[-1].startswith(f"{paths[0]}: ")
+  assert _load(out_dir / "first.json")["image"] == str(paths[0])
+  files = set(os.listdir(out_dir))
+  assert {"first.json", "first.png"} <= files and "second.json" not in files
+  assert not [name for name in files if name.endswith(".tmp")]
