@@ -16,7 +16,9 @@ Several hosts: start the same command on each with --coordinator_address HOST:PO
 --num_processes N --process_id I (or --distributed where jax detects them, e.g. TPU pods);
 WORKDIR must be on storage all hosts share.
 """
+import contextlib
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -55,10 +57,25 @@ def parse_flags(argv: list[str]) -> list[tuple[str, str | None]]:
   return overrides
 
 
+@contextlib.contextmanager
+def ctrl_c_held():
+  """Defers SIGINT (Ctrl-C) to the end of the block: a KeyboardInterrupt raised while jaxlib's
+  extension modules are being imported crashes the interpreter or is swallowed by jax."""
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if caught and callable(previous):
+    previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+
+
 def initialize_jax(config) -> None:
   """Multi-host setup (before any other jax call) and the persistent compilation cache."""
-  import jax
-  import orbax.checkpoint  # noqa: F401 (defines the flag below)
+  with ctrl_c_held():
+    import jax
+    import orbax.checkpoint  # noqa: F401 (defines the flag below)
   # orbax's default barrier is a device collective; run from its async-save thread it can
   # interleave differently with the train step's collectives on different hosts and deadlock.
   FLAGS.experimental_orbax_use_distributed_barrier = True
@@ -103,3 +120,7 @@ if __name__ == "__main__":
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # Ctrl-C outside the train steps (setup, compilation, evaluation)
+    print("interrupted: the checkpoints already in the workdir are kept; the same command resumes from the "
+          "latest", file=sys.stderr)
+    sys.exit(130)

@@ -59,8 +59,8 @@ def save_model(directory: str, config: ml_collections.ConfigDict, params, replac
           raise
       else:
         os.rename(new, path)
-    finally:
-      shutil.rmtree(staging)
+    finally:  # after Ctrl-C, orbax's writer threads may still be adding files: what is left stays
+      shutil.rmtree(staging, ignore_errors=True)
   except OSError as e:  # no permission, no space, a parent that is a file, ...
     reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else e.strerror or str(e)
     raise UserError(f"{directory}: cannot write the checkpoint ({reason})") from e

@@ -221,6 +221,26 @@ def test_fake_coco_ctrl_c_leaves_nothing(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+def test_train_ctrl_c_during_setup_is_one_line(tmp_path):
+  """Ctrl-C before the first train step (jax start-up, compilation): exit 130 and one line, no traceback."""
+  workdir = tmp_path / "run"
+  run = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "sys.argv[0] = 'train.py'; runpy.run_path('train.py', run_name='__main__')")
+  process = subprocess.Popen([sys.executable, "-c", run, "--config", "configs/synthetic.py", "--workdir", str(workdir)],
+                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not workdir.exists() and time.monotonic() < deadline:  # made first, seconds before training starts
+      time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+  finally:
+    process.kill()
+  assert process.returncode == 130, err
+  assert err.splitlines()[-1] == ("interrupted: the checkpoints already in the workdir are kept; the same command "
+                                  "resumes from the latest") and "Traceback" not in err
+
+
 # ---- benchmarks/*.py: wrong arguments are argparse usage errors, before any work ----
 
 def _script(path):
