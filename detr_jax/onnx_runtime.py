@@ -84,7 +84,8 @@ def _fold_paddings_into_max_pools(graph):
     pool_attributes = attributes(pool)
     if (attributes(pad).get("mode", b"constant") != b"constant" or fill.size != 1 or fill.item() != -np.inf
         or list(attributes(transpose)["perm"]) != [0, 3, 1, 2] or any(pads[i] for i in (0, 3, 4, 7))
-        or pool_attributes.pop("auto_pad", b"NOTSET") not in (b"VALID", b"NOTSET") or any(pool_attributes.get("pads", []))):
+        or pool_attributes.pop("auto_pad", b"NOTSET") not in (b"VALID", b"NOTSET")
+        or any(pool_attributes.get("pads", []))):
       continue
     pool_attributes["pads"] = [pads[1], pads[2], pads[5], pads[6]]  # begins of H, W, then ends
     del pool.attribute[:]

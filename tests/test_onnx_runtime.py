@@ -90,9 +90,10 @@ def test_export_writes_a_model_with_named_outputs(tmp_path, caplog):
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # nothing for users to read
 
 
-@pytest.mark.parametrize("fill, padding, folded", [(-np.inf, ((0, 0), (1, 2), (0, 1), (0, 0)), True),
-                                                   (0.0, ((0, 0), (1, 1), (1, 1), (0, 0)), False),  # not a max pool's padding
-                                                   (-np.inf, ((0, 0), (1, 1), (1, 1), (1, 0)), False)])  # pads channels
+@pytest.mark.parametrize("fill, padding, folded", [
+    (-np.inf, ((0, 0), (1, 2), (0, 1), (0, 0)), True),
+    (0.0, ((0, 0), (1, 1), (1, 1), (0, 0)), False),  # not a max pool's padding
+    (-np.inf, ((0, 0), (1, 1), (1, 1), (1, 0)), False)])  # pads channels
 def test_padded_max_pools_keep_their_values(fill, padding, folded):
   """A -inf padding of H and W goes into the MaxPool (its attribute `pads`); any other stays a Pad node."""
   import flax.linen as nn
