@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from detr_jax.errors import UserError
+from detr_jax.files import written_whole
 
 
 def _require_extra():
@@ -173,15 +174,10 @@ class OnnxFunction:
 def _save(graph: bytes, path: str):
   """Writes a serialised export to `path` whole or not at all; a cache that cannot be written
   (permissions, a full disk) costs a warning, not the run."""
-  tmp = f"{path}.{os.getpid()}.tmp"
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as f:
+    with written_whole(path, "wb") as f:
       f.write(graph)
-    os.replace(tmp, path)
   except OSError as e:
     print(f"warning: cannot keep the ONNX export in {os.path.dirname(path)}: {e.strerror or e}; it will be "
           "exported again next run", file=sys.stderr, flush=True)
-  finally:
-    if os.path.exists(tmp):  # a failed or interrupted write
-      os.remove(tmp)

@@ -60,6 +60,7 @@ from detr_jax.data.stream import val_resize
 from detr_jax.data.synthetic import CLASS_NAMES
 from detr_jax.data.transforms import apply_plan, plan_val
 from detr_jax.errors import UserError
+from detr_jax.files import written_whole
 from detr_jax.models import build_model
 from detr_jax.postprocess import PANOPTIC_THRESHOLD, postprocess_boxes, postprocess_panoptic, postprocess_segm, softmax
 from detr_jax.visualize import draw_detections, draw_panoptic
@@ -253,14 +254,8 @@ def write_outputs(path: str, image, result: dict, names, out_dir: str, threshold
     pan = result["panoptic"]
     draw_panoptic(image, pan["png_ids"], pan["segments_info"], names, scale).save(stem + "_panoptic.png")
     line += f", {len(pan['segments_info'])} panoptic segments"
-  partial = stem + ".json.tmp"  # renamed when whole: an interrupted run leaves no half JSON
-  try:
-    with open(partial, "w") as f:
-      json.dump(record, f, indent=1, allow_nan=False)  # strict JSON: no NaN or Infinity
-    os.replace(partial, stem + ".json")
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
+  with written_whole(stem + ".json") as f:  # an interrupted run leaves no half JSON
+    json.dump(record, f, indent=1, allow_nan=False)  # strict JSON: no NaN or Infinity
   return f"{line} -> {stem}.png"
 
 

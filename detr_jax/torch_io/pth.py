@@ -24,6 +24,7 @@ from collections import OrderedDict
 import numpy as np
 
 from detr_jax.errors import UserError
+from detr_jax.files import written_whole
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -612,15 +613,10 @@ def save_pth(obj, path) -> None:
              (".storage_alignment", str(_ALIGNMENT).encode()), ("byteorder", b"little")]
   records += [(f"data/{i}", a.reshape(-1).view(np.uint8)) for i, a in enumerate(arrays)]
   records.append(("version", b"3\n"))
-  tmp = f"{path}.{os.getpid()}.tmp"
   try:
-    with open(tmp, "wb") as f:
+    with written_whole(path, "wb") as f:
       _write_zip(f, records)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
   except OSError as e:
     raise PthError(f"{path}: cannot write file ({e.strerror or _one_line(e)})") from None
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
